@@ -1,0 +1,40 @@
+# repltap: every target builds .venv itself on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell scripts/find-python)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv test lint bench demo clean
+
+help:
+	@echo "make test   - create .venv, install repltap with its test extra, run the test suite"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
+	@echo "make demo   - the main job on the built-in reference server"
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "no Python >= 3.12 found; see scripts/find-python" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check addons tests bench
+	$(BIN)/ruff format --check addons tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+demo: $(STAMP)
+	@echo "make demo arrives with the reference server (issue 3)." >&2; exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

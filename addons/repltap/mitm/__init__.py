@@ -1,0 +1,1 @@
+"""Thin mitmproxy adapters, one class per concern."""

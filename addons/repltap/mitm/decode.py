@@ -1,0 +1,154 @@
+"""The decoder addon: decodes each replication flow once and stores the summary.
+
+Everything downstream (contentview, log, tracker, cache, faults, replay) reads
+``flow.metadata["repl"]`` and never parses the body again. This addon never changes a byte of
+the traffic: it only reads messages and writes ``flow.metadata`` and ``flow.comment``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from mitmproxy import ctx, exceptions, flowfilter, http
+
+from ..protocol import exchange
+from ..protocol.model import Request
+from ..protocol.xml import DEFAULT_MAX_BYTES
+from ..summary import is_relevant, summarise
+
+logger = logging.getLogger(__name__)
+
+META_KEY = "repl"
+# Requests decoded but not yet answered, by flow id. Kept here, not in flow.metadata, because
+# metadata must stay serialisable for flow files and mitmweb. Bounded against flows that never end.
+_MAX_PENDING = 10_000
+
+
+def upstream_of(flow: http.HTTPFlow) -> str:
+    """The upstream as ``host:port``: never the Host header, which clients may point at us."""
+    return f"{flow.request.host}:{flow.request.port}"
+
+
+def _body(message: http.Message) -> tuple[bytes | None, str | None]:
+    """The decoded body, or None and the reason it is not available."""
+    if message.raw_content is None:
+        return None, "the body was streamed and not stored"
+    try:
+        return message.get_content(strict=True), None
+    except ValueError as e:
+        return None, f"the Content-Encoding cannot be decoded: {e}"
+
+
+class Decode:
+    """Decode replication requests and responses into ``flow.metadata["repl"]``."""
+
+    def __init__(self) -> None:
+        self.filter: flowfilter.TFilter | None = None
+        self.pending: dict[str, Request] = {}
+        self.decoded = 0
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "repl_filter",
+            Optional[str],  # noqa: UP045 - mitmproxy's option type check needs typing.Optional
+            None,
+            "Decode only flows matching this mitmproxy filter expression (default: all flows).",
+        )
+        loader.add_option(
+            "repl_max_body",
+            int,
+            DEFAULT_MAX_BYTES,
+            "Largest body, in bytes, that repltap decodes; larger ones pass untouched and the "
+            "flow is marked as not decoded.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "repl_filter" in updated:
+            spec = ctx.options.repl_filter
+            if spec:
+                try:
+                    self.filter = flowfilter.parse(spec)
+                except ValueError as e:
+                    raise exceptions.OptionsError(f"repl_filter: {e}") from e
+            else:
+                self.filter = None
+        if "repl_max_body" in updated and ctx.options.repl_max_body <= 0:
+            raise exceptions.OptionsError(
+                f"repl_max_body must be a positive number of bytes, not {ctx.options.repl_max_body}"
+            )
+
+    def _wanted(self, flow: http.HTTPFlow) -> bool:
+        return self.filter is None or bool(self.filter(flow))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not self._wanted(flow):
+            return
+        body, why = _body(flow.request)
+        req = exchange.decode_request(
+            flow.request.method,
+            flow.request.path,
+            flow.request.headers,
+            body,
+            max_bytes=ctx.options.repl_max_body,
+        )
+        if why is not None and flow.request.method in ("SEARCH", "PROPFIND"):
+            req.notes.append(f"request body not decoded: {why}")
+        if len(self.pending) >= _MAX_PENDING:
+            self.pending.pop(next(iter(self.pending)))
+        self.pending[flow.id] = req
+        if is_relevant(req, None):
+            self._store(flow, req, None)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        req = self._request_of(flow)
+        if req is None or flow.response is None:
+            return
+        body, why = _body(flow.response)
+        resp = exchange.decode_response(
+            req,
+            flow.response.status_code,
+            flow.response.headers,
+            body,
+            max_bytes=ctx.options.repl_max_body,
+        )
+        if why is not None and req.manifest:
+            resp.notes.append(f"response body not decoded: {why}")
+        if is_relevant(req, resp):
+            self._store(flow, req, resp)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        req = self._request_of(flow)
+        if req is None or not is_relevant(req, None):
+            return
+        msg = flow.error.msg if flow.error else "unknown error"
+        self._store(flow, req, None, error=msg)
+
+    def _request_of(self, flow: http.HTTPFlow) -> Request | None:
+        """The decoded request of a finished flow, decoding it now if its hook was not seen."""
+        req = self.pending.pop(flow.id, None)
+        if req is None and self._wanted(flow):
+            self.request(flow)
+            req = self.pending.pop(flow.id, None)
+        return req
+
+    def _store(
+        self, flow: http.HTTPFlow, req: Request, resp: Any, error: str | None = None
+    ) -> None:
+        previous = flow.metadata.get(META_KEY)
+        summary = summarise(req, resp, upstream=upstream_of(flow), error=error)
+        flow.metadata[META_KEY] = summary
+        self.decoded += resp is not None
+        _set_comment(flow, summary["summary"], previous)
+
+
+def _set_comment(flow: http.HTTPFlow, line: str, previous: Any) -> None:
+    """Show the summary as the flow's comment without clobbering a comment a user wrote."""
+    old = previous.get("summary") if isinstance(previous, dict) else None
+    comment = flow.comment or ""
+    if not comment or comment == old:
+        flow.comment = line
+    elif old and old in comment:
+        flow.comment = comment.replace(old, line)
+    elif line not in comment:
+        flow.comment = f"{comment}\n{line}"

@@ -1,0 +1,259 @@
+"""Typed, protocol-neutral results of decoding one replication request or response.
+
+What may live here: the shapes the decoders return and their plain-data (``to_dict``) forms,
+which is what goes into ``flow.metadata["repl"]`` and the event log. What may not: parsing.
+
+The names are shared by both protocols: a *token* is Exchange's collblob or RFC 6578's
+sync-token, an entry's *tag* is a resourcetag or an ETag, its *uid* a repl-uid or (RFC 6578,
+which has no stable id) the href.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from .headers import ContentRange, RowRange
+from .xml import Undecodable
+
+PROTOCOLS = ("exchange", "rfc6578")
+CHANGE_TYPES = ("new", "change", "delete")
+
+# Kinds of message, after the SDK's replication loop (spec §3, §6.4).
+KINDS = (
+    "manifest",  # SEARCH/PROPFIND carrying R:repl (REPORT sync-collection for RFC 6578)
+    "query",  # SEARCH without R:repl: bulk property download
+    "properties",  # PROPFIND without R:repl: download properties
+    "download",  # GET, HEAD
+    "upload",  # PUT, POST, PROPPATCH
+    "delete",
+    "move",
+    "copy",
+    "mkcol",
+    "other",
+)
+
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def normalise_path(path_or_url: str) -> str:
+    """The path of a URL or path, percent-encoding normalised, trailing slash kept as sent."""
+    p = path_or_url
+    p = urlsplit(p).path or "/" if "://" in p[:16] else p.split("?", 1)[0].split("#", 1)[0]
+    return quote(unquote(p), safe=_PATH_SAFE)
+
+
+def short_token(token: str | None, keep: int = 6) -> str:
+    """A token shortened for one-line display: ``toCTAA…BFAA=``; ``∅`` for none."""
+    if token is None:
+        return "∅"
+    if len(token) <= 2 * keep + 3:
+        return token
+    return f"{token[:keep]}…{token[-keep:]}"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A SEARCH scope: ``SHALLOW|DEEP|HIERARCHICAL TRAVERSAL OF "url"``."""
+
+    depth: str  # "shallow", "deep", "hierarchical" or "unspecified"
+    url: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"depth": self.depth, "url": self.url}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a request makes its success depend on: If tokens, If-Match, If-None-Match."""
+
+    raw_if: str | None = None
+    tags: tuple[str, ...] = ()  # rt: state tokens (or ETags from If-Match for RFC 6578)
+    uids: tuple[str, ...] = ()  # rid: state tokens
+    not_tags: tuple[str, ...] = ()
+    not_uids: tuple[str, ...] = ()
+    etags: tuple[str, ...] = ()  # entity tags inside If lists
+    if_match: str | None = None
+    if_none_match: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """True when the request names no condition at all."""
+        return not (self.raw_if or self.if_match or self.if_none_match)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for k in ("raw_if", "if_match", "if_none_match"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        for k in ("tags", "uids", "not_tags", "not_uids", "etags"):
+            if getattr(self, k):
+                d[k] = list(getattr(self, k))
+        return d
+
+
+@dataclass
+class Entry:
+    """One member of a manifest: what happened to which resource."""
+
+    change: str  # new | change | delete
+    href: str | None = None
+    tag: str | None = None
+    uid: str | None = None
+    status: int | None = None  # a response-level status (RFC 6578's 404 for removed members)
+    changetype_raw: str | None = None  # as written, when absent (None) or not one of the three
+    explicit: bool = True  # False when R:changetype was absent (read as "change")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "type": self.change,
+            "href": self.href,
+            "tag": self.tag,
+            "uid": self.uid,
+        }
+        if self.status is not None:
+            d["status"] = self.status
+        if not self.explicit:
+            d["implicit"] = True
+        if self.changetype_raw is not None and self.explicit:
+            d["changetype_raw"] = self.changetype_raw
+        return d
+
+
+@dataclass
+class Request:
+    """A decoded request."""
+
+    protocol: str
+    kind: str
+    method: str
+    target: str  # normalised path
+    manifest: bool = False
+    token: str | None = None  # the token sent; None for an initial sync or a non-manifest
+    token_form: str | None = None  # text | empty-element | whitespace | missing (manifests only)
+    acknowledged: list[str] = field(default_factory=list)  # R:resourcetaglist
+    scope: list[Scope] = field(default_factory=list)
+    select: list[str] = field(default_factory=list)
+    query: str | None = None  # normalised FROM/WHERE/ORDER BY text: what a collblob is bound to
+    props: list[str] = field(default_factory=list)  # PROPFIND / sync-collection prop names
+    depth: str | None = None
+    range: list[RowRange] | None = None
+    limit: int | None = None  # RFC 6578 DAV:limit/nresults
+    sync_level: str | None = None  # RFC 6578
+    condition: Condition = field(default_factory=Condition)
+    destination: str | None = None
+    overwrite: str | None = None
+    nonstandard_ns: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problem: Undecodable | None = None
+
+    @property
+    def initial(self) -> bool:
+        """A manifest request with no token: the client asks for everything."""
+        return self.manifest and self.token is None
+
+    @property
+    def collection(self) -> str | None:
+        """The collection a manifest is about (the target), None for other requests."""
+        return self.target if self.manifest else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"method": self.method, "target": self.target}
+        if self.manifest:
+            d.update(
+                token=self.token,
+                initial=self.initial,
+                token_form=self.token_form,
+                acknowledged=list(self.acknowledged),
+            )
+            if self.scope:
+                d["scope"] = [s.to_dict() for s in self.scope]
+            if self.select:
+                d["select"] = list(self.select)
+            if self.query is not None:
+                d["query"] = self.query
+            if self.props:
+                d["props"] = list(self.props)
+            if self.limit is not None:
+                d["limit"] = self.limit
+            if self.sync_level is not None:
+                d["sync_level"] = self.sync_level
+        if self.depth is not None:
+            d["depth"] = self.depth
+        if self.range is not None:
+            d["range"] = [str(r) for r in self.range]
+        if not self.condition.empty:
+            d["condition"] = self.condition.to_dict()
+        if self.destination is not None:
+            d["destination"] = self.destination
+        if self.overwrite is not None:
+            d["overwrite"] = self.overwrite
+        if self.nonstandard_ns:
+            d["nonstandard_ns"] = list(self.nonstandard_ns)
+        if self.notes:
+            d["notes"] = list(self.notes)
+        if self.problem is not None:
+            d["undecodable"] = self.problem.to_dict()
+        return d
+
+
+@dataclass
+class Response:
+    """A decoded response, read in the light of its request."""
+
+    status: int
+    meaning: str
+    manifest: bool = False  # a manifest answer (207 multistatus with R:repl, or sync-token)
+    token: str | None = None  # the token received; None when none came back
+    no_changes: bool = False  # the empty <R:repl/>: the old token stays current
+    entries: list[Entry] = field(default_factory=list)
+    content_range: ContentRange | None = None
+    accept_ranges: str | None = None
+    truncated: bool = False  # RFC 6578: a 507 for the request-URI inside the 207
+    invalid_token: bool = False  # 475, or RFC 6578's valid-sync-token precondition
+    tag: str | None = None  # ResourceTag header (ETag for RFC 6578)
+    uid: str | None = None  # Repl-UID header
+    location: str | None = None
+    ctag: str | None = None  # repl:contenttag / CS:getctag of a collection
+    nonstandard_ns: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problem: Undecodable | None = None
+
+    @property
+    def changes(self) -> dict[str, int]:
+        """Entries counted by change type."""
+        c = dict.fromkeys(CHANGE_TYPES, 0)
+        for e in self.entries:
+            c[e.change] += 1
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"status": self.status, "meaning": self.meaning}
+        if self.manifest:
+            d.update(
+                token=self.token,
+                no_changes=self.no_changes,
+                changes=self.changes,
+                entries=[e.to_dict() for e in self.entries],
+            )
+            if self.truncated:
+                d["truncated"] = True
+        elif self.entries:
+            # A plain PROPFIND/SEARCH listing: tags and uids seen on the wire, not changes.
+            d["listed"] = [{"href": e.href, "tag": e.tag, "uid": e.uid} for e in self.entries]
+        if self.invalid_token:
+            d["invalid_token"] = True
+        if self.content_range is not None:
+            cr = self.content_range
+            d["content_range"] = {"first": cr.first, "last": cr.last, "total": cr.total}
+        for k in ("accept_ranges", "tag", "uid", "location", "ctag"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.nonstandard_ns:
+            d["nonstandard_ns"] = list(self.nonstandard_ns)
+        if self.notes:
+            d["notes"] = list(self.notes)
+        if self.problem is not None:
+            d["undecodable"] = self.problem.to_dict()
+        return d
