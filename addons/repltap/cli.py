@@ -1,8 +1,8 @@
 """The ``repltap`` command: one entry point, one sub-command per job.
 
-Sub-commands register themselves in ``COMMANDS`` as (module, help) pairs, each module offering
-``add_arguments(parser)`` and ``run(args) -> int``; the module is imported only when its
-sub-command runs, so ``repltap --help`` stays fast.
+Sub-commands are listed in ``COMMANDS`` as (module, help) pairs, each module offering
+``add_arguments(parser)`` and ``run(args) -> int``. Modules should import heavy dependencies
+(mitmproxy) inside ``run`` so that building the command line stays fast.
 """
 
 from __future__ import annotations
