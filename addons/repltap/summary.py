@@ -30,7 +30,7 @@ def is_relevant(req: Request, resp: Response | None) -> bool:
         return False
     if resp.manifest or resp.tag or resp.uid or resp.invalid_token or resp.status in (210, 475):
         return True
-    return any(e.tag or e.uid for e in resp.entries)
+    return any(e["tag"] or e["uid"] for e in resp.entries)
 
 
 def summarise(

@@ -1,0 +1,1 @@
+"""repltap benchmarks (``make bench``): ratios against a baseline measured in the same run."""

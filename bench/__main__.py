@@ -1,0 +1,40 @@
+"""``make bench``: run every benchmark, print a table, write bench/results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import decode
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def main() -> int:
+    results = [decode.run()]
+    print(f"{'benchmark':<34} {'baseline':>12} {'repltap':>12} {'ratio':>7}  target  ok")
+    for r in results:
+        print(
+            f"{r['name']:<34} {r['baseline_s'] * 1000:>10.1f}ms {r['repltap_s'] * 1000:>10.1f}ms "
+            f"{r['ratio']:>7.2f}  {r['target']:<7} {'yes' if r['ok'] else 'NO'}"
+        )
+    out = Path(__file__).with_name("results.json")
+    out.write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
+    print(f"\nmachine: {machine()}\nwritten: {out}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
