@@ -52,11 +52,11 @@ async def test_response_view_has_header_table_and_xml() -> None:
     assert lines[header].split() == ["changetype", "href", "resourcetag", "repl-uid"]
     assert lines[header + 2].split() == [
         "new",
-        "http://mail.example.com/exchange/alice/Inbox/a.EML",
+        "a.EML",
         "rt:01",
         "rid:0001",
     ]
-    assert lines[header + 3].split() == ["delete", "rid:0002"]
+    assert lines[header + 3].split() == ["delete", "(none)", "-", "rid:0002"]
     # then the XML, pretty-printed with the server's own prefixes
     assert "<d:collblob>toCTAAMAAAAAAAAAAHkJaBFAA=</d:collblob>" in text
     assert text.index("<a:multistatus") > text.index("changetype")

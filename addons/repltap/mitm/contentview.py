@@ -13,7 +13,7 @@ from mitmproxy import contentviews, http
 
 from ..protocol import exchange
 from ..protocol import xml as safexml
-from ..protocol.model import Request
+from ..protocol.model import Request, normalise_path
 from ..summary import summarise
 from .decode import META_KEY
 
@@ -46,6 +46,18 @@ def _summary_for(data: bytes, metadata: contentviews.Metadata) -> dict[str, Any]
         )
         return summarise(probe, exchange.decode_response(probe, msg.status_code, msg.headers, data))
     return None
+
+
+def _short_href(href: str | None, collection: str) -> str:
+    """An entry's href relative to the manifest's collection, which the header names."""
+    if href is None:
+        return "(none)"
+    if href == "":
+        return "(empty)"
+    path = normalise_path(href)
+    if collection and path.startswith(collection) and path != collection:
+        return path[len(collection) :]
+    return path
 
 
 def _tok(token: str | None) -> str:
@@ -123,11 +135,18 @@ def _describe_response(s: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             lines.append(f"{word}: {sent} → {_tok(resp.get('token'))}")
         ch = resp["changes"]
         lines.append(f"changes: {ch['new']} new, {ch['change']} change, {ch['delete']} delete")
+        base = req.get("target") or ""
         for e in resp.get("entries", []):
             kind = e["type"] + ("*" if e.get("implicit") else "")
-            rows.append([kind, e.get("href") or "", e.get("tag") or "", e.get("uid") or ""])
+            rows.append(
+                [kind, _short_href(e.get("href"), base), e.get("tag") or "-", e.get("uid") or "-"]
+            )
+        if any(e.get("implicit") for e in resp.get("entries", [])):
+            lines.append("(* no R:changetype in the entry: read as change)")
+        if rows:
+            lines.append(f"(hrefs relative to {base})")
     for e in resp.get("listed", []):
-        rows.append(["(listed)", e.get("href") or "", e.get("tag") or "", e.get("uid") or ""])
+        rows.append(["(listed)", e.get("href") or "-", e.get("tag") or "-", e.get("uid") or "-"])
     if resp.get("invalid_token"):
         lines.append(f"{word} {_tok(req.get('token'))} was rejected: sync again from scratch")
     if resp.get("content_range"):
