@@ -4,13 +4,17 @@
 
 Every import happens here, at load time: mitmproxy puts this file's folder on sys.path only
 while it imports the script, so a later lazy import of the sibling package would fail.
+Order matters: each flow is decoded before it is tracked, and tracked before it is logged.
 """
 
 from mitmproxy import contentviews
 
 from repltap.mitm.contentview import WebDAVReplicationContentview
 from repltap.mitm.decode import Decode
+from repltap.mitm.log import Log
+from repltap.mitm.track import Track
 
 contentviews.add(WebDAVReplicationContentview)
 
-addons = [Decode()]
+log = Log()
+addons = [Decode(), Track(sinks=[log]), log]

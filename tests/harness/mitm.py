@@ -210,6 +210,18 @@ def start_mitmdump(
     return m
 
 
+def run_mitmdump(
+    *args: str, confdir: str | os.PathLike[str], timeout: float = 60
+) -> tuple[int, str]:
+    """Run mitmdump to completion (``-n -r recording`` and the like); (exit code, output)."""
+    cmd = [_resolve("mitmdump"), "--set", f"confdir={confdir}", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout
+    )
+    return p.returncode, p.stdout
+
+
 def start_mitmweb(
     *args: str,
     confdir: str | os.PathLike[str],

@@ -40,6 +40,24 @@ def _body(message: http.Message) -> tuple[bytes | None, str | None]:
         return None, f"the Content-Encoding cannot be decoded: {e}"
 
 
+def decode_flow(flow: http.HTTPFlow, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any] | None:
+    """Decode a finished flow on its own (offline use); the summary, or None if not relevant."""
+    body, _ = _body(flow.request)
+    req = exchange.decode_request(
+        flow.request.method, flow.request.path, flow.request.headers, body, max_bytes=max_bytes
+    )
+    resp = None
+    if flow.response is not None:
+        rbody, _ = _body(flow.response)
+        resp = exchange.decode_response(
+            req, flow.response.status_code, flow.response.headers, rbody, max_bytes=max_bytes
+        )
+    if not is_relevant(req, resp):
+        return None
+    error = flow.error.msg if flow.error else None
+    return summarise(req, resp, upstream=upstream_of(flow), error=error)
+
+
 class Decode:
     """Decode replication requests and responses into ``flow.metadata["repl"]``."""
 

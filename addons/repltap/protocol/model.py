@@ -157,6 +157,7 @@ class Request:
         d: dict[str, Any] = {"method": self.method, "target": self.target}
         if self.manifest:
             d.update(
+                manifest=True,
                 token=self.token,
                 initial=self.initial,
                 token_form=self.token_form,
@@ -227,6 +228,7 @@ class Response:
         d: dict[str, Any] = {"status": self.status, "meaning": self.meaning}
         if self.manifest:
             d.update(
+                manifest=True,
                 token=self.token,
                 no_changes=self.no_changes,
                 changes=self.changes,

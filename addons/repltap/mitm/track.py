@@ -1,0 +1,82 @@
+"""The tracker addon: feeds each finished flow's summary to the tracker, in completion order,
+and hands the events to the sinks. Commands ``repl.state`` and ``repl.anomalies``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from mitmproxy import command, http
+
+from ..tracker import CATALOGUE, Tracker, client_id
+from .decode import META_KEY
+
+logger = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Something that receives the events of each flow."""
+
+    def write(self, flow: http.HTTPFlow, events: list[dict[str, Any]]) -> None: ...
+
+
+def flow_context(flow: http.HTTPFlow) -> tuple[float, str]:
+    """(timestamp, client) of a finished flow, from what a flow file keeps too."""
+    if flow.response is not None and flow.response.timestamp_end:
+        ts = flow.response.timestamp_end
+    elif flow.error is not None:
+        ts = flow.error.timestamp
+    else:
+        ts = flow.request.timestamp_start
+    peer = flow.client_conn.peername
+    return round(ts, 6), client_id(
+        peer[0] if peer else None, flow.request.headers.get("user-agent")
+    )
+
+
+class Track:
+    """Follow the tokens of every decoded flow."""
+
+    def __init__(self, sinks: Sequence[Sink] = ()) -> None:
+        self.tracker = Tracker()
+        self.sinks = list(sinks)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._observe(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._observe(flow)
+
+    def _observe(self, flow: http.HTTPFlow) -> None:
+        s = flow.metadata.get(META_KEY)
+        if not isinstance(s, dict) or "request" not in s:
+            return
+        ts, client = flow_context(flow)
+        events = self.tracker.observe(s, flow=flow.id, ts=ts, client=client)
+        # The flow keeps what a person looks for on it; per-entry tag events stay in the log.
+        s["events"] = [e for e in events if e["event"] != "tag"]
+        s["tag_events"] = len(events) - len(s["events"])
+        s["anomalies"] = [e["code"] for e in events if e["event"] == "anomaly"]
+        for sink in self.sinks:
+            sink.write(flow, events)
+
+    @command.command("repl.state")
+    def state(self) -> str:
+        """Current token chains per collection and tag histories per resource, as JSON."""
+        return json.dumps(self.tracker.state(), indent=2, ensure_ascii=False)
+
+    @command.command("repl.anomalies")
+    def anomalies(self) -> str:
+        """Every anomaly seen so far, one line each, with what it means."""
+        lines = []
+        for a in self.tracker.anomalies:
+            where = a.get("collection") or a.get("resource") or ""
+            lines.append(f"#{a['seq']} {a['severity']:<7} {a['code']:<28} {where}: {a['detail']}")
+        if not lines:
+            return "no anomalies"
+        codes = sorted({a["code"] for a in self.tracker.anomalies})
+        lines.append("")
+        lines += [f"{c}: {CATALOGUE[c].meaning} {CATALOGUE[c].advice}" for c in codes]
+        return "\n".join(lines)

@@ -1,0 +1,758 @@
+"""The one place where replication state lives: token chains and tag histories.
+
+What may live here: turning decoded flow summaries (``flow.metadata["repl"]``, see summary.py),
+fed in the order the flows completed, into the events of the event-log contract (version 1):
+``manifest``, ``token``, ``tag``, ``conflict``, ``invalid_token``, ``anomaly``; and the anomaly
+catalogue. What may not: mitmproxy, I/O, parsing bodies. The same summaries fed live or from a
+recording give the same events.
+
+Identities (design.md, "the event log contract"):
+- a collection is the upstream (host:port) + the normalised request path + the query scope a
+  token is bound to (Exchange: the SQL's FROM/WHERE, spec §8.2 and §13.8; PROPFIND: its Depth);
+- a resource is the upstream + the normalised path of its href;
+- a client is its address (IP) and User-Agent. Two instances of one program on one host share an
+  identity; the token checks follow token lineage, so they still tell such clients' chains apart
+  for regressions, but an initial sync from the second one may be read as a needless resync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol.model import normalise_path
+
+EVENT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# The anomaly catalogue
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One kind of protocol mistake, by either side."""
+
+    code: str
+    severity: str  # info | warning | error
+    side: str  # client | server
+    meaning: str  # what happened
+    advice: str  # what to do about it
+    spec: str  # the section of the protocol reference it rests on
+
+
+CATALOGUE: dict[str, Anomaly] = {
+    a.code: a
+    for a in (
+        Anomaly(
+            "token-regressed",
+            "error",
+            "client",
+            "The client sent a token older than one the server had already issued to it for "
+            "this collection: it lost or rolled back its sync state.",
+            "Persist the token after every manifest the client has applied, and never restore "
+            "an older one; otherwise changes are reported twice or lost.",
+            "exchange §3 steps 6 and 10; RFC 6578 §3.2",
+        ),
+        Anomaly(
+            "needless-resync",
+            "warning",
+            "client",
+            "An initial sync (empty token) from a client that still holds a valid token for this "
+            "collection.",
+            "Send the stored token; a full listing costs the server and the network, and "
+            "reconciling it locally is where duplicates come from.",
+            "exchange §3 step 1 and step 9; RFC 6578 §3.2",
+        ),
+        Anomaly(
+            "token-unchanged-with-changes",
+            "error",
+            "server",
+            "The server reported changes but handed back the very token that was sent.",
+            "A new token must cover the reported changes, or the client will be sent them again.",
+            "exchange §3 step 6, §8.2; RFC 6578 §3.5",
+        ),
+        Anomaly(
+            "empty-repl-with-entries",
+            "error",
+            "server",
+            "An empty <R:repl/> (no changes) came back alongside entries.",
+            "Either report changes with a new collblob, or none with the empty <R:repl/>.",
+            "exchange §8.4",
+        ),
+        Anomaly(
+            "unconditional-write",
+            "warning",
+            "client",
+            "A write to a resource already seen on the wire, with no tag or uid condition: it "
+            "overwrites whatever another client stored meanwhile (a lost update).",
+            'Send If: (<rt:last-known-tag>) (Exchange) or If-Match: "etag" (RFC 6578) and treat '
+            "a 412 as a conflict.",
+            "exchange §3 step 4, §9.2, §11; RFC 6578 §5",
+        ),
+        Anomaly(
+            "stale-condition",
+            "warning",
+            "client",
+            "The write's condition names a tag older than the last one seen on the wire for the "
+            "resource: the server will answer 412.",
+            "Refresh the resource (or apply the manifest that changed it) before writing.",
+            "exchange §9.2, §11",
+        ),
+        Anomaly(
+            "retry-without-refresh",
+            "error",
+            "client",
+            "After a 412, the client sent the same write again with the same stale tag.",
+            "On 412, fetch the current version (GET/PROPFIND), resolve the conflict, then write "
+            "with the new tag; a blind retry can never succeed.",
+            "exchange §11",
+        ),
+        Anomaly(
+            "delete-without-uid",
+            "error",
+            "server",
+            "A delete entry carries no repl-uid, so a client cannot tell which item went away "
+            "(a delete's href may be missing or meaningless).",
+            "Always include R:repl-uid in delete entries.",
+            "exchange §8.6, §10",
+        ),
+        Anomaly(
+            "acknowledged-tag-echoed",
+            "warning",
+            "server",
+            "A change was reported for a tag the client listed in its resourcetaglist: the "
+            "client already has that state.",
+            "Fold acknowledged tags into the new collblob and leave them out of the manifest.",
+            "exchange §3 step 5, §8.3, §13.10",
+        ),
+        Anomaly(
+            "range-gap",
+            "error",
+            "server",
+            "The pages of a paged manifest leave rows out: the skipped changes are never seen.",
+            "Number the rows of successive pages without holes (Content-Range).",
+            "exchange §8.7, §13.11",
+        ),
+        Anomaly(
+            "range-overlap",
+            "warning",
+            "server",
+            "The pages of a paged manifest overlap: some rows are reported twice.",
+            "Start each page after the last row of the previous one.",
+            "exchange §8.7, §13.11",
+        ),
+        Anomaly(
+            "nonstandard-namespace",
+            "warning",
+            "client",
+            "The repl namespace is spelled https://… or without its trailing slash; Exchange "
+            "matches namespaces exactly and would not recognise it.",
+            "Use http://schemas.microsoft.com/repl/ exactly (today's docs misprint it).",
+            "exchange §2.1, §13.1",
+        ),
+        Anomaly(
+            "identity-changed",
+            "warning",
+            "server",
+            "The same href now carries a different repl-uid, with no delete in between.",
+            "A resource keeps its repl-uid; a new object at an old URL must first be reported "
+            "deleted, or clients will merge two different items.",
+            "exchange §1, §9.1",
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass(slots=True)
+class TokenRecord:
+    """A token the server issued: to whom, from which token, in which flow."""
+
+    token: str
+    parent: str | None
+    client: str
+    flow: str
+    seq: int
+    ranged: bool = False
+    rejected: bool = False
+
+
+@dataclass
+class Collection:
+    """One collection's replication state."""
+
+    key: str
+    upstream: str
+    path: str
+    scope: str
+    protocol: str
+    chain: list[TokenRecord] = field(default_factory=list)
+    issued: dict[str, list[TokenRecord]] = field(default_factory=dict)  # token -> issues
+    children: dict[str | None, list[TokenRecord]] = field(default_factory=dict)
+    holding: dict[str, str] = field(default_factory=dict)  # client -> newest valid token
+    sent: list[tuple[str, str | None, str]] = field(default_factory=list)  # (client, token, flow)
+    items: dict[str, str] = field(default_factory=dict)  # repl-uid (or path) -> resource path
+    last_page: dict[str, Any] | None = None
+    syncs: int = 0
+
+
+@dataclass(slots=True)  # a million of these must fit in well under a gigabyte
+class Resource:
+    """One resource's tag and uid history."""
+
+    upstream: str
+    path: str
+    uid: str | None = None
+    tag: str | None = None
+    deleted: bool = False
+    history: list[tuple[str | None, str | None, str, int]] = field(default_factory=list)
+    # (tag, uid, via, seq) per change
+    failed: dict[tuple[str, str], int] | None = None  # (method, tag) -> 412s, when any
+
+
+def client_id(address: str | None, user_agent: str | None) -> str:
+    """How a client is named in the state and in the log."""
+    host = address or "?"
+    return f"{host} {user_agent}" if user_agent else host
+
+
+def _scope_of(s: dict[str, Any]) -> str:
+    req = s["request"]
+    if s["method"] == "PROPFIND":
+        return f"propfind depth={req.get('depth') or 'infinity'}"
+    if req.get("query"):
+        return str(req["query"])
+    if s["protocol"] == "rfc6578":
+        return f"sync-level={req.get('sync_level') or '1'}"
+    return ""
+
+
+class Tracker:
+    """Consumes flow summaries in completion order and emits contract events."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.collections: dict[str, Collection] = {}
+        self.resources: dict[str, Resource] = {}
+        self.token_home: dict[tuple[str, str, str], str] = {}  # (upstream, path, token) -> key
+        self.anomalies: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- entry point
+
+    def observe(
+        self,
+        s: dict[str, Any],
+        *,
+        flow: str,
+        ts: float,
+        client: str,
+    ) -> list[dict[str, Any]]:
+        """The events one finished flow (its summary ``s``) gives rise to."""
+        out: list[dict[str, Any]] = []
+        protocol = s.get("protocol", "exchange")
+
+        def emit(event: str, /, **fields: Any) -> dict[str, Any]:
+            self.seq += 1
+            ev = {
+                "v": EVENT_VERSION,
+                "ts": ts,
+                "seq": self.seq,
+                "flow": flow,
+                "event": event,
+                "protocol": protocol,
+                **fields,
+            }
+            out.append(ev)
+            if event == "anomaly":
+                self.anomalies.append(ev)
+            return ev
+
+        req = s.get("request") or {}
+        resp = s.get("response")
+        if req.get("nonstandard_ns") or (resp or {}).get("nonstandard_ns"):
+            ns = (req.get("nonstandard_ns") or resp.get("nonstandard_ns"))[0]  # type: ignore[union-attr]
+            self._anomaly(
+                emit,
+                "nonstandard-namespace",
+                collection=s.get("collection"),
+                upstream=s.get("upstream"),
+                detail=f"the repl namespace is spelled {ns}",
+            )
+        if s["kind"] == "manifest":
+            self._manifest(s, emit, client, flow)
+        else:
+            self._resource_flow(s, emit)
+        return out
+
+    @staticmethod
+    def _anomaly(
+        emit: Callable[..., dict[str, Any]], code: str, *, detail: str, **where: Any
+    ) -> None:
+        a = CATALOGUE[code]
+        emit(
+            "anomaly",
+            code=code,
+            severity=a.severity,
+            detail=detail,
+            **{k: v for k, v in where.items() if v is not None},
+        )
+
+    # ---------------------------------------------------------------- manifests
+
+    def _collection(self, s: dict[str, Any]) -> Collection:
+        upstream = s.get("upstream") or "?"
+        path = s["collection"]
+        token = s["request"].get("token")
+        scope = _scope_of(s)
+        if not scope and token is not None:
+            # A SEARCH without SQL reuses the query bound to its collblob (spec §8.10).
+            home = self.token_home.get((upstream, path, token))
+            if home is not None:
+                return self.collections[home]
+        key = f"{upstream}{path}" + (f" [{scope}]" if scope else "")
+        c = self.collections.get(key)
+        if c is None:
+            c = self.collections[key] = Collection(key, upstream, path, scope, s["protocol"])
+        return c
+
+    def _manifest(
+        self, s: dict[str, Any], emit: Callable[..., dict[str, Any]], client: str, flow: str
+    ) -> None:
+        req = s["request"]
+        resp = s.get("response")
+        c = self._collection(s)
+        sent: str | None = req.get("token")
+        where = {"collection": c.path, "upstream": c.upstream}
+        if c.scope:
+            where["scope"] = c.scope
+
+        # What the client did, judged before the answer.
+        if sent is not None:
+            if sent not in c.issued:
+                pass  # a token from before we started watching: nothing to compare it with
+            elif not req.get("range"):
+                newer = [
+                    r
+                    for r in c.children.get(sent, [])
+                    if r.client == client and r.token != sent and not r.ranged and not r.rejected
+                ]
+                if newer:
+                    self._anomaly(
+                        emit,
+                        "token-regressed",
+                        **where,
+                        detail=f"the client sent {sent!r} after it had been given "
+                        f"{newer[-1].token!r} in exchange for it",
+                    )
+        else:
+            held = c.holding.get(client)
+            if held is not None:
+                self._anomaly(
+                    emit,
+                    "needless-resync",
+                    **where,
+                    detail=f"an initial sync while the client holds {held!r}",
+                )
+        c.sent.append((client, sent, flow))
+
+        if resp is None:
+            return  # the flow failed; the log shows its manifest request only through errors
+        status = resp["status"]
+        received: str | None = resp.get("token")
+        changes = resp.get("changes") or {"new": 0, "change": 0, "delete": 0}
+        entries: list[dict[str, Any]] = resp.get("entries") or []
+        emit(
+            "manifest",
+            **where,
+            method=s["method"],
+            status=status,
+            sent=sent,
+            received=received,
+            changes=changes,
+            acknowledged=len(req.get("acknowledged") or []),
+            range=req.get("range"),
+            content_range=resp.get("content_range"),
+            limit=req.get("limit"),
+            truncated=bool(resp.get("truncated")),
+        )
+        c.syncs += 1
+
+        if resp.get("invalid_token"):
+            emit("invalid_token", **where, sent=sent, status=status)
+            emit("token", **where, **{"from": sent, "to": None}, kind="rejected")
+            for rec in c.issued.get(sent or "", []):
+                rec.rejected = True
+            if c.holding.get(client) == sent:
+                del c.holding[client]
+            c.last_page = None
+            return
+        if not resp.get("manifest"):
+            return  # an error status or an undecodable body: nothing moved
+
+        # The token transition.
+        if resp.get("no_changes") or received is None:
+            kind = "unchanged"
+            new = sent
+        elif sent is None:
+            kind = "reset" if c.chain and any(r.client == client for r in c.chain) else "initial"
+            new = received
+        elif received == sent:
+            kind = "unchanged"
+            new = sent
+        else:
+            kind = "advance"
+            new = received
+        emit("token", **where, **{"from": sent, "to": new}, kind=kind)
+        if new is not None and new != sent:
+            rec = TokenRecord(new, sent, client, flow, self.seq, ranged=bool(req.get("range")))
+            c.chain.append(rec)
+            c.issued.setdefault(new, []).append(rec)
+            c.children.setdefault(sent, []).append(rec)
+            self.token_home[(c.upstream, c.path, new)] = c.key
+        if new is not None:
+            c.holding[client] = new
+
+        # What the server did.
+        if entries and received is not None and received == sent:
+            self._anomaly(
+                emit,
+                "token-unchanged-with-changes",
+                **where,
+                detail=f"{len(entries)} entries under the unchanged token {sent!r}",
+            )
+        if entries and resp.get("no_changes"):
+            self._anomaly(
+                emit,
+                "empty-repl-with-entries",
+                **where,
+                detail=f"an empty R:repl with {len(entries)} entries",
+            )
+        self._paging(c, req, resp, sent, received, emit, where)
+        self._entries(c, s, entries, set(req.get("acknowledged") or []), status, emit, where)
+
+    def _paging(
+        self,
+        c: Collection,
+        req: dict[str, Any],
+        resp: dict[str, Any],
+        sent: str | None,
+        received: str | None,
+        emit: Callable[..., dict[str, Any]],
+        where: dict[str, Any],
+    ) -> None:
+        """range-gap / range-overlap between Content-Range pages of one paged manifest.
+
+        Pages are compared when the numbering is known to be continuous: the same token again
+        (rows count in the original listing) or the previous page's new token with rows not
+        restarting at 0 (numbering carried across tokens). Pages that restart at 0 with the new
+        token (spec §13.11's recommended reading) count rows in what remains, so have no
+        numbering to compare.
+        """
+        cr = resp.get("content_range")
+        prev = c.last_page
+        c.last_page = None
+        if not cr or cr.get("first") is None or cr.get("last") is None:
+            return
+        page = {
+            "sent": sent,
+            "received": received,
+            "first": cr["first"],
+            "last": cr["last"],
+            "total": cr.get("total"),
+        }
+        c.last_page = page
+        if prev is None:
+            return
+        same_token = sent == prev["sent"]
+        carried = sent is not None and sent == prev["received"] and cr["first"] != 0
+        if not (same_token or carried):
+            return
+        expected = prev["last"] + 1
+        if cr["first"] > expected:
+            self._anomaly(
+                emit,
+                "range-gap",
+                **where,
+                detail=f"rows {expected}-{cr['first'] - 1} were never sent "
+                f"(pages {prev['first']}-{prev['last']}, then {cr['first']}-{cr['last']})",
+            )
+        elif cr["first"] < expected:
+            self._anomaly(
+                emit,
+                "range-overlap",
+                **where,
+                detail=f"rows {cr['first']}-{min(cr['last'], prev['last'])} were sent "
+                f"twice (pages {prev['first']}-{prev['last']}, then "
+                f"{cr['first']}-{cr['last']})",
+            )
+
+    def _entries(
+        self,
+        c: Collection,
+        s: dict[str, Any],
+        entries: list[dict[str, Any]],
+        acknowledged: set[str],
+        status: int,
+        emit: Callable[..., dict[str, Any]],
+        where: dict[str, Any],
+    ) -> None:
+        upstream = c.upstream
+        for e in entries:
+            kind = e["type"]
+            uid = e.get("uid")
+            href = e.get("href")
+            tag = e.get("tag")
+            if kind == "delete":
+                if uid is None:
+                    self._anomaly(
+                        emit,
+                        "delete-without-uid",
+                        **where,
+                        detail=f"a delete entry (href {href!r}) has no repl-uid",
+                    )
+                path = c.items.pop(uid, None) if uid else None
+                if path is None and href:
+                    path = normalise_path(href)
+                if path is None:
+                    continue
+                r = self._resource(upstream, path)
+                emit(
+                    "tag",
+                    resource=path,
+                    upstream=upstream,
+                    uid=uid or r.uid,
+                    **{"from": r.tag},
+                    to=None,
+                    via="manifest",
+                    status=status,
+                )
+                r.history.append((None, uid or r.uid, "manifest", self.seq))
+                r.tag = None
+                r.deleted = True
+                continue
+            if tag is not None and tag in acknowledged:
+                self._anomaly(
+                    emit,
+                    "acknowledged-tag-echoed",
+                    **where,
+                    detail=f"{href or uid} reported at {tag!r}, which the client "
+                    "listed in its resourcetaglist",
+                )
+            if not href:
+                continue
+            path = normalise_path(href)
+            c.items[uid or path] = path
+            self._see(upstream, path, tag, uid, "manifest", status, emit)
+
+    # ---------------------------------------------------------------- resources
+
+    def _resource(self, upstream: str, path: str) -> Resource:
+        key = f"{upstream}{path}"
+        r = self.resources.get(key)
+        if r is None:
+            r = self.resources[key] = Resource(upstream, path)
+        return r
+
+    def _see(
+        self,
+        upstream: str,
+        path: str,
+        tag: str | None,
+        uid: str | None,
+        via: str,
+        status: int,
+        emit: Callable[..., dict[str, Any]],
+    ) -> None:
+        """A tag and/or uid seen on the wire for a resource."""
+        r = self._resource(upstream, path)
+        if uid is not None and r.uid is not None and uid != r.uid and not r.deleted:
+            self._anomaly(
+                emit,
+                "identity-changed",
+                resource=path,
+                upstream=upstream,
+                detail=f"{path} was {r.uid} and is now {uid}, with no delete between",
+            )
+        if tag is None and (uid is None or uid == r.uid):
+            return
+        if tag == r.tag and (uid is None or uid == r.uid) and not r.deleted:
+            return
+        emit(
+            "tag",
+            resource=path,
+            upstream=upstream,
+            uid=uid or r.uid,
+            **{"from": r.tag},
+            to=tag if tag is not None else r.tag,
+            via=via,
+            status=status,
+        )
+        if tag is not None:
+            r.tag = tag
+        if uid is not None:
+            r.uid = uid
+        r.deleted = False
+        r.history.append((r.tag, r.uid, via, self.seq))
+
+    def _resource_flow(self, s: dict[str, Any], emit: Callable[..., dict[str, Any]]) -> None:
+        req = s["request"]
+        resp = s.get("response")
+        upstream = s.get("upstream") or "?"
+        path = s["target"]
+        method = s["method"]
+        cond = req.get("condition") or {}
+        tags: list[str] = list(cond.get("tags") or [])
+        if s["protocol"] == "rfc6578" and cond.get("if_match") and cond["if_match"] != "*":
+            tags.append(cond["if_match"])
+        uids: list[str] = list(cond.get("uids") or [])
+        known = self.resources.get(f"{upstream}{path}")
+        write = s["kind"] in ("upload", "delete", "move", "copy") and method != "POST"
+
+        if write and known is not None and not known.deleted and (known.tag or known.uid):
+            if not (tags or uids or cond.get("if_match") or cond.get("if_none_match")):
+                self._anomaly(
+                    emit,
+                    "unconditional-write",
+                    resource=path,
+                    upstream=upstream,
+                    detail=f"{method} {path} without a condition; the last tag seen "
+                    f"was {known.tag!r}",
+                )
+            for t in tags:
+                if t != known.tag and any(h[0] == t for h in known.history):
+                    self._anomaly(
+                        emit,
+                        "stale-condition",
+                        resource=path,
+                        upstream=upstream,
+                        detail=f"{method} names {t!r}, but {known.tag!r} was seen since",
+                    )
+            for t in tags:
+                if known.failed and known.failed.get((method, t)):
+                    self._anomaly(
+                        emit,
+                        "retry-without-refresh",
+                        resource=path,
+                        upstream=upstream,
+                        detail=f"{method} again with {t!r}, which already got a 412",
+                    )
+        if resp is None:
+            return
+        status = resp["status"]
+        if status == 412 and (tags or uids or cond.get("if_match")):
+            r = self._resource(upstream, path)
+            if r.failed is None:
+                r.failed = {}
+            for t in tags:
+                r.failed[(method, t)] = r.failed.get((method, t), 0) + 1
+            emit(
+                "conflict",
+                resource=path,
+                upstream=upstream,
+                method=method,
+                sent=(tags or uids)[0] if (tags or uids) else cond.get("if_match"),
+                current=r.tag,
+                status=status,
+            )
+            return
+        if not 200 <= status < 300:
+            return
+        if method == "DELETE":
+            r = self._resource(upstream, path)
+            if r.tag is not None or r.uid is not None:
+                emit(
+                    "tag",
+                    resource=path,
+                    upstream=upstream,
+                    uid=r.uid,
+                    **{"from": r.tag},
+                    to=None,
+                    via=method,
+                    status=status,
+                )
+            r.tag = None
+            r.deleted = True
+            r.history.append((None, r.uid, method, self.seq))
+            return
+        if method == "MOVE" and req.get("destination"):
+            src = self._resource(upstream, path)
+            dst_path = normalise_path(req["destination"])
+            dst = self._resource(upstream, dst_path)
+            if src.tag is not None or src.uid is not None:
+                emit(
+                    "tag",
+                    resource=path,
+                    upstream=upstream,
+                    uid=src.uid,
+                    **{"from": src.tag},
+                    to=None,
+                    via=method,
+                    status=status,
+                )
+            # The uid normally travels with the item (spec §9.8); the destination's tag is
+            # only known once it is read again.
+            dst.uid, dst.tag, dst.deleted = src.uid, None, False
+            dst.history.append((None, src.uid, method, self.seq))
+            src.tag, src.deleted = None, True
+            src.history.append((None, src.uid, method, self.seq))
+            return
+        for r in resp.get("listed") or []:
+            if r.get("href"):
+                self._see(
+                    upstream,
+                    normalise_path(r["href"]),
+                    r.get("tag"),
+                    r.get("uid"),
+                    method,
+                    status,
+                    emit,
+                )
+        tag = resp.get("tag")
+        uid = resp.get("uid")
+        if tag is not None or uid is not None:
+            target = path
+            if method == "POST" and resp.get("location"):
+                target = normalise_path(resp["location"])
+            self._see(upstream, target, tag, uid, method, status, emit)
+
+    # ---------------------------------------------------------------- views
+
+    def state(self) -> dict[str, Any]:
+        """Current chains and histories, as plain data."""
+        return {
+            "collections": {
+                k: {
+                    "protocol": c.protocol,
+                    "syncs": c.syncs,
+                    "chain": [
+                        {
+                            "token": r.token,
+                            "parent": r.parent,
+                            "client": r.client,
+                            "flow": r.flow,
+                            "rejected": r.rejected,
+                        }
+                        for r in c.chain
+                    ],
+                    "holding": dict(c.holding),
+                    "items": len(c.items),
+                }
+                for k, c in self.collections.items()
+            },
+            "resources": {
+                k: {
+                    "uid": r.uid,
+                    "tag": r.tag,
+                    "deleted": r.deleted,
+                    "history": [
+                        {"tag": t, "uid": u, "via": via, "seq": seq} for t, u, via, seq in r.history
+                    ],
+                }
+                for k, r in self.resources.items()
+            },
+        }

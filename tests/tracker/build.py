@@ -1,0 +1,110 @@
+"""Build flow summaries for tracker tests the way the proxy does: real XML and headers through
+the real decoder (repltap.protocol) and summary.summarise, no hand-made dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.sax.saxutils import escape
+
+from repltap.protocol import exchange
+from repltap.summary import summarise
+
+REPL = "http://schemas.microsoft.com/repl/"
+UPSTREAM = "mail.example.com:80"
+SQL = (
+    'SELECT "DAV:href", "http://schemas.microsoft.com/repl/resourcetag" '
+    "FROM SCOPE('SHALLOW TRAVERSAL OF \"{path}\"')"
+)
+
+
+def manifest_request(
+    path: str, sent: str | None, ack: tuple[str, ...] = (), ns: str = REPL, rng: str | None = None
+) -> tuple[dict[str, str], bytes]:
+    blob = "<R:collblob/>" if sent is None else f"<R:collblob>{escape(sent)}</R:collblob>"
+    taglist = ""
+    if ack:
+        taglist = (
+            "<R:resourcetaglist>"
+            + "".join(f"<R:resourcetag>{t}</R:resourcetag>" for t in ack)
+            + "</R:resourcetaglist>"
+        )
+    body = (
+        f'<D:searchrequest xmlns:D="DAV:" xmlns:R="{ns}"><R:repl>{blob}{taglist}</R:repl>'
+        f"<D:sql>{escape(SQL.format(path=path))}</D:sql></D:searchrequest>"
+    )
+    headers = {"Content-Type": "text/xml"}
+    if rng:
+        headers["Range"] = rng
+    return headers, body.encode()
+
+
+def manifest_response(
+    received: str | None,
+    entries: list[tuple[str, str | None, str | None, str | None]],
+    ns: str = REPL,
+) -> bytes:
+    """entries: (changetype, href, tag, uid)."""
+    repl = (
+        "<R:repl/>" if received is None else f"<R:repl><R:collblob>{received}</R:collblob></R:repl>"
+    )
+    parts = [f'<D:multistatus xmlns:D="DAV:" xmlns:R="{ns}">{repl}']
+    for kind, href, tag, uid in entries:
+        props = (f"<R:resourcetag>{tag}</R:resourcetag>" if tag else "") + (
+            f"<R:repl-uid>{uid}</R:repl-uid>" if uid else ""
+        )
+        h = f"<D:href>http://mail.example.com{href}</D:href>" if href else ""
+        parts.append(
+            f"<D:response>{h}<D:propstat><D:status>HTTP/1.1 200 OK</D:status>"
+            f"<D:prop>{props}</D:prop></D:propstat><R:changetype>{kind}</R:changetype></D:response>"
+        )
+    parts.append("</D:multistatus>")
+    return "".join(parts).encode()
+
+
+def manifest(
+    path: str,
+    sent: str | None,
+    received: str | None,
+    entries: list[tuple[str, str | None, str | None, str | None]] = (),  # type: ignore[assignment]
+    *,
+    status: int = 207,
+    ack: tuple[str, ...] = (),
+    ns: str = REPL,
+    rng: str | None = None,
+    content_range: str | None = None,
+) -> dict[str, Any]:
+    """The summary of one manifest flow."""
+    h, body = manifest_request(path, sent, ack, ns, rng)
+    req = exchange.decode_request("SEARCH", path, h, body)
+    rh = {"Content-Type": "text/xml"}
+    if content_range:
+        rh["Content-Range"] = content_range
+    rbody = manifest_response(received, list(entries), ns) if status in (206, 207) else b""
+    resp = exchange.decode_response(req, status, rh, rbody)
+    return summarise(req, resp, upstream=UPSTREAM)
+
+
+def write(
+    method: str,
+    path: str,
+    status: int,
+    *,
+    if_: str | None = None,
+    tag: str | None = None,
+    uid: str | None = None,
+    destination: str | None = None,
+) -> dict[str, Any]:
+    """The summary of a write (or GET) flow."""
+    h: dict[str, str] = {}
+    if if_:
+        h["If"] = if_
+    if destination:
+        h["Destination"] = destination
+    req = exchange.decode_request(method, path, h, b"body" if method in ("PUT", "POST") else b"")
+    rh: dict[str, str] = {}
+    if tag:
+        rh["ResourceTag"] = f"<{tag}>"
+    if uid:
+        rh["Repl-UID"] = f"<{uid}>"
+    resp = exchange.decode_response(req, status, rh, b"")
+    return summarise(req, resp, upstream=UPSTREAM)
