@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import decode
+from . import decode, tracker
 
 
 def machine() -> dict[str, Any]:
@@ -23,12 +23,16 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> int:
-    results = [decode.run()]
+    results = [decode.run(), tracker.cost(), tracker.memory()]
     print(f"{'benchmark':<34} {'baseline':>12} {'repltap':>12} {'ratio':>7}  target  ok")
     for r in results:
+        if r["baseline_s"] is None:
+            figures = f"{r['baseline']:>12} {r['value']:>12}"
+        else:
+            figures = f"{r['baseline_s'] * 1000:>10.1f}ms {r['repltap_s'] * 1000:>10.1f}ms"
         print(
-            f"{r['name']:<34} {r['baseline_s'] * 1000:>10.1f}ms {r['repltap_s'] * 1000:>10.1f}ms "
-            f"{r['ratio']:>7.2f}  {r['target']:<7} {'yes' if r['ok'] else 'NO'}"
+            f"{r['name']:<34} {figures} {r['ratio']:>7.2f}  {r['target']:<7} "
+            f"{'yes' if r['ok'] else 'NO'}"
         )
     out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")

@@ -238,9 +238,10 @@ class Tracker:
     def __init__(self) -> None:
         self.seq = 0
         self.collections: dict[str, Collection] = {}
-        self.resources: dict[str, Resource] = {}
+        self.resources: dict[str, dict[str, Resource]] = {}  # upstream -> path -> resource
         self.token_home: dict[tuple[str, str, str], str] = {}  # (upstream, path, token) -> key
         self.anomalies: list[dict[str, Any]] = []
+        self._now: tuple[float, str, str, list[dict[str, Any]]] = (0.0, "", "", [])
 
     # ---------------------------------------------------------------- entry point
 
@@ -255,6 +256,7 @@ class Tracker:
         """The events one finished flow (its summary ``s``) gives rise to."""
         out: list[dict[str, Any]] = []
         protocol = s.get("protocol", "exchange")
+        self._now = (ts, flow, protocol, out)  # for the per-entry fast path in _entries
 
         def emit(event: str, /, **fields: Any) -> dict[str, Any]:
             self.seq += 1
@@ -502,6 +504,8 @@ class Tracker:
         where: dict[str, Any],
     ) -> None:
         upstream = c.upstream
+        known = self.resources.setdefault(upstream, {})
+        ts, flow, protocol, out = self._now
         for e in entries:
             kind = e["type"]
             uid = e.get("uid")
@@ -518,9 +522,10 @@ class Tracker:
                 path = c.items.pop(uid, None) if uid else None
                 if path is None and href:
                     path = normalise_path(href)
-                if path is None:
-                    continue
-                r = self._resource(upstream, path)
+                dead = known.get(path) if path is not None else None
+                if dead is None or path is None:
+                    continue  # never seen on the wire: there is no history to close
+                r = dead
                 emit(
                     "tag",
                     resource=path,
@@ -547,15 +552,39 @@ class Tracker:
                 continue
             path = normalise_path(href)
             c.items[uid or path] = path
-            self._see(upstream, path, tag, uid, "manifest", status, emit)
+            r = known.get(path)
+            if r is None:
+                # The common case of an initial sync, inlined: 10,000 entries a manifest.
+                r = known[path] = Resource(upstream, path, uid, tag)
+                self.seq += 1
+                out.append(
+                    {
+                        "v": EVENT_VERSION,
+                        "ts": ts,
+                        "seq": self.seq,
+                        "flow": flow,
+                        "event": "tag",
+                        "protocol": protocol,
+                        "resource": path,
+                        "upstream": upstream,
+                        "uid": uid,
+                        "from": None,
+                        "to": tag,
+                        "via": "manifest",
+                        "status": status,
+                    }
+                )
+                r.history.append((tag, uid, "manifest", self.seq))
+            else:
+                self._see(upstream, path, tag, uid, "manifest", status, emit)
 
     # ---------------------------------------------------------------- resources
 
     def _resource(self, upstream: str, path: str) -> Resource:
-        key = f"{upstream}{path}"
-        r = self.resources.get(key)
+        known = self.resources.setdefault(upstream, {})
+        r = known.get(path)
         if r is None:
-            r = self.resources[key] = Resource(upstream, path)
+            r = known[path] = Resource(upstream, path)
         return r
 
     def _see(
@@ -610,7 +639,7 @@ class Tracker:
         if s["protocol"] == "rfc6578" and cond.get("if_match") and cond["if_match"] != "*":
             tags.append(cond["if_match"])
         uids: list[str] = list(cond.get("uids") or [])
-        known = self.resources.get(f"{upstream}{path}")
+        known = self.resources.get(upstream, {}).get(path)
         write = s["kind"] in ("upload", "delete", "move", "copy") and method != "POST"
 
         if write and known is not None and not known.deleted and (known.tag or known.uid):
@@ -753,6 +782,7 @@ class Tracker:
                         {"tag": t, "uid": u, "via": via, "seq": seq} for t, u, via, seq in r.history
                     ],
                 }
-                for k, r in self.resources.items()
+                for up, known in self.resources.items()
+                for k, r in ((f"{up}{p}", r) for p, r in known.items())
             },
         }

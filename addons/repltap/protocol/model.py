@@ -10,9 +10,10 @@ which has no stable id) the href.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Required, TypedDict
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from .headers import ContentRange, RowRange
 from .xml import Undecodable
@@ -35,12 +36,42 @@ KINDS = (
 )
 
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_PATH_SAFE_CHARS = frozenset(_PATH_SAFE) | frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+)
+_URL_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+_CLEAN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~%-]*")  # one class: fast to match
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _normal_escape(m: re.Match[str]) -> str:
+    ch = chr(int(m[1], 16))
+    return ch if ch in _PATH_SAFE_CHARS else "%" + m[1].upper()
 
 
 def normalise_path(path_or_url: str) -> str:
-    """The path of a URL or path, percent-encoding normalised, trailing slash kept as sent."""
+    """The path of a URL or path, percent-encoding normalised, trailing slash kept as sent.
+
+    Escapes of characters that need none are decoded and the others written in upper case, so
+    ``/a%20b``, ``/a%20%62`` and ``/a b`` are one path. Called once per manifest entry, hence the
+    fast paths for absolute http(s) URLs and for paths that are already clean.
+    """
     p = path_or_url
-    p = urlsplit(p).path or "/" if "://" in p[:16] else p.split("?", 1)[0].split("#", 1)[0]
+    if p.startswith(("http://", "https://")):
+        i = p.find("/", 8)
+        p = p[i:] if i >= 0 else "/"
+    elif "://" in p[:24]:
+        head = _URL_HEAD.match(p)
+        if head is not None:
+            p = p[head.end() :] or "/"
+    if "?" in p or "#" in p:
+        p = p.split("#", 1)[0].split("?", 1)[0]
+    if _CLEAN_PATH.fullmatch(p):
+        if "%" not in p:
+            return p
+        if not _BAD_ESCAPE.search(p):
+            return _ESCAPE.sub(_normal_escape, p)
     return quote(unquote(p), safe=_PATH_SAFE)
 
 
