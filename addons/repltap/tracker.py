@@ -522,23 +522,22 @@ class Tracker:
                 path = c.items.pop(uid, None) if uid else None
                 if path is None and href:
                     path = normalise_path(href)
-                dead = known.get(path) if path is not None else None
-                if dead is None or path is None:
+                gone = known.get(path) if path is not None else None
+                if gone is None or path is None:
                     continue  # never seen on the wire: there is no history to close
-                r = dead
                 emit(
                     "tag",
                     resource=path,
                     upstream=upstream,
-                    uid=uid or r.uid,
-                    **{"from": r.tag},
+                    uid=uid or gone.uid,
+                    **{"from": gone.tag},
                     to=None,
                     via="manifest",
                     status=status,
                 )
-                r.history.append((None, uid or r.uid, "manifest", self.seq))
-                r.tag = None
-                r.deleted = True
+                gone.history.append((None, uid or gone.uid, "manifest", self.seq))
+                gone.tag = None
+                gone.deleted = True
                 continue
             if tag is not None and tag in acknowledged:
                 self._anomaly(
