@@ -307,3 +307,11 @@ def test_anomaly_events_carry_catalogue_severity() -> None:
     (a,) = [e for e in s.events if e["event"] == "anomaly"]
     assert a["severity"] == CATALOGUE["delete-without-uid"].severity
     assert a["collection"] == INBOX
+
+
+def test_readme_documents_every_anomaly_code() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for code in CATALOGUE:
+        assert f"`{code}`" in readme, code
