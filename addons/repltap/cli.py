@@ -16,6 +16,7 @@ from . import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
+    "report": (".report", "summarise an event log or recording: terminal summary, --html page"),
     "serve": (".sim.server", "run the reference Exchange WebDAV replication server"),
     "sync": (".sim.client", "run one replication round of the reference client"),
     "admin": (".sim.admin", "change a running reference server's data (create, move, ...)"),
