@@ -20,7 +20,7 @@ import sys
 import textwrap
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -588,6 +588,50 @@ _ANSI = {
 }
 
 
+def _text_collections(a: Analysis, width: int, paint: Callable[[str, str], str]) -> list[str]:
+    """The collections table of the terminal summary, worst first."""
+    out = [paint("Collections, worst first", "head")]
+    heads = ("STATE", "SYNCS", "NEW", "CHANGED", "DELETED", "CONFLICTS", "RESETS")
+    rows = [
+        (
+            c.state,
+            f"{c.syncs:,}",
+            f"{c.changes['new']:,}",
+            f"{c.changes['change']:,}",
+            f"{c.changes['delete']:,}",
+            f"{c.conflicts:,}",
+            f"{c.resets:,}",
+        )
+        for c in a.collections[:MAX_ROWS]
+    ]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(heads)]
+
+    def line(cells: Sequence[str], last: str, styles: Sequence[str] = ()) -> str:
+        parts = []
+        for i, (cell, w) in enumerate(zip(cells, widths, strict=True)):
+            text = cell.ljust(w) if i == 0 else cell.rjust(w)
+            parts.append(paint(text, styles[i]) if i < len(styles) and styles[i] else text)
+        return "  " + "  ".join(parts) + "  " + last
+
+    indent = " " * (2 + sum(widths) + 2 * len(widths))
+    room = max(30, width - len(indent))
+    out.append(line(heads, "COLLECTION"))
+    for c, r in zip(a.collections, rows, strict=False):
+        out.append(line(r, clean(c.name), (c.state,)))
+        if c.scope:  # in full: two scopes of one path may differ only at the end
+            out += textwrap.wrap(
+                clean(c.scope),
+                len(indent) + room,
+                initial_indent=indent + "scope ",
+                subsequent_indent=indent + "      ",
+            )
+        for sev, code, n in c.anomaly_rows():
+            out.append(indent + paint(f"{sev:<8}", sev) + f"{n:>4}× {clean(code)}")
+    if len(a.collections) > MAX_ROWS:
+        out.append(f"  … and {len(a.collections) - MAX_ROWS:,} more collections")
+    return out
+
+
 def render_text(a: Analysis, *, top: int = 10, width: int = 100, color: bool = False) -> str:
     """The terminal summary: totals, collections worst first, anomalies explained, resources."""
 
@@ -618,45 +662,10 @@ def render_text(a: Analysis, *, top: int = 10, width: int = 100, color: bool = F
 
     # Collections, worst first.
     out.append("")
-    out.append(paint("Collections, worst first", "head"))
-    heads = ("STATE", "SYNCS", "NEW", "CHANGED", "DELETED", "CONFLICTS", "RESETS")
-    rows = [
-        (
-            c.state,
-            f"{c.syncs:,}",
-            f"{c.changes['new']:,}",
-            f"{c.changes['change']:,}",
-            f"{c.changes['delete']:,}",
-            f"{c.conflicts:,}",
-            f"{c.resets:,}",
-        )
-        for c in a.collections[:MAX_ROWS]
-    ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-
-    def line(cells: Sequence[str], last: str, styles: Sequence[str] = ()) -> str:
-        parts = []
-        for i, (cell, w) in enumerate(zip(cells, widths, strict=True)):
-            text = cell.ljust(w) if i == 0 else cell.rjust(w)
-            parts.append(paint(text, styles[i]) if i < len(styles) and styles[i] else text)
-        return "  " + "  ".join(parts) + "  " + last
-
-    indent = " " * (2 + sum(widths) + 2 * len(widths))
-    room = max(30, width - len(indent))
-    out.append(line(heads, "COLLECTION"))
-    for c, r in zip(a.collections, rows, strict=False):
-        out.append(line(r, clean(c.name), (c.state,)))
-        if c.scope:  # in full: two scopes of one path may differ only at the end
-            out += textwrap.wrap(
-                clean(c.scope),
-                len(indent) + room,
-                initial_indent=indent + "scope ",
-                subsequent_indent=indent + "      ",
-            )
-        for sev, code, n in c.anomaly_rows():
-            out.append(indent + paint(f"{sev:<8}", sev) + f"{n:>4}× {clean(code)}")
-    if len(a.collections) > MAX_ROWS:
-        out.append(f"  … and {len(a.collections) - MAX_ROWS:,} more collections")
+    if a.collections:
+        out += _text_collections(a, width, paint)
+    else:
+        out.append("No manifests: no collection was synced in this log.")
 
     # Anomalies explained.
     out.append("")
