@@ -952,7 +952,8 @@ def serve_in_thread(
 
     store, _ = Store.open(data, seedmod.example() if seed is None else seed, fsync=fsync)
     server = ReplServer((host, port), store, settings, quiet=True)
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    # A short poll interval: shutdown() waits for it, and tests start and stop many servers.
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     return server, t
 
