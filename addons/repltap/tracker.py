@@ -153,6 +153,52 @@ CATALOGUE: dict[str, Anomaly] = {
             "exchange §2.1, §13.1",
         ),
         Anomaly(
+            "truncated-without-507",
+            "error",
+            "server",
+            "A limit was asked and exactly that many members came back with a new token but no "
+            "507: the changes beyond the limit are skipped for good.",
+            "Answer a limited sync-collection with a 507 for the request-URI and a token for the "
+            "partial state, so the client asks again.",
+            "RFC 6578 §3.6",
+        ),
+        Anomaly(
+            "silent-reset",
+            "error",
+            "server",
+            "A non-empty sync-token was answered with what is evidently a full listing (every "
+            "member the client holds, unchanged), with no error.",
+            "Reject a token the server can no longer use with the valid-sync-token precondition "
+            "(403/412), so the client knows to start over.",
+            "RFC 6578 §3.2, §5",
+        ),
+        Anomaly(
+            "removed-in-initial-sync",
+            "warning",
+            "server",
+            "An initial sync (empty token) listed removed members (404).",
+            "An initial sync lists the members that exist; removed ones mean nothing to a client "
+            "that had nothing.",
+            "RFC 6578 §3.3",
+        ),
+        Anomaly(
+            "depth-not-zero",
+            "warning",
+            "client",
+            "A sync-collection REPORT was sent with a Depth other than 0.",
+            "Send Depth: 0 (the scope is sync-level); servers may answer 400.",
+            "RFC 6578 §3.2",
+        ),
+        Anomaly(
+            "token-repeated",
+            "info",
+            "server",
+            "The server handed out a token it had issued before.",
+            "Nothing, if tokens are content-addressed (the collection is back in an earlier "
+            "state, as with Xandikos); otherwise the server's token does not move.",
+            "RFC 6578 §3.2",
+        ),
+        Anomaly(
             "identity-changed",
             "warning",
             "server",
@@ -213,6 +259,19 @@ class Resource:
     history: list[tuple[str | None, str | None, str, int]] = field(default_factory=list)
     # (tag, uid, via, seq) per change
     failed: dict[tuple[str, str], int] | None = None  # (method, tag) -> 412s, when any
+
+
+def anomaly_table() -> str:
+    """The catalogue as a Markdown table (the README's copy is checked against it)."""
+    rows = [
+        "| code | severity | side | what happened | what to do | rests on |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a in CATALOGUE.values():
+        rows.append(
+            f"| `{a.code}` | {a.severity} | {a.side} | {a.meaning} | {a.advice} | {a.spec} |"
+        )
+    return "\n".join(rows)
 
 
 def client_id(address: str | None, user_agent: str | None) -> str:
@@ -337,7 +396,7 @@ class Tracker:
         if sent is not None:
             if sent not in c.issued:
                 pass  # a token from before we started watching: nothing to compare it with
-            elif not req.get("range"):
+            elif not req.get("range") and c.holding.get(client) != sent:
                 newer = [
                     r
                     for r in c.children.get(sent, [])
@@ -360,6 +419,13 @@ class Tracker:
                     **where,
                     detail=f"an initial sync while the client holds {held!r}",
                 )
+        if s["protocol"] == "rfc6578" and req.get("depth") not in (None, "0"):
+            self._anomaly(
+                emit,
+                "depth-not-zero",
+                **where,
+                detail=f"sync-collection REPORT with Depth: {req['depth']}",
+            )
         c.sent.append((client, sent, flow))
 
         if resp is None:
@@ -409,7 +475,48 @@ class Tracker:
         else:
             kind = "advance"
             new = received
+        silent_reset = self._silent_reset(c, sent, entries)
+        if silent_reset:
+            emit("invalid_token", **where, sent=sent, status=status)
+            kind = "reset"
         emit("token", **where, **{"from": sent, "to": new}, kind=kind)
+        if (
+            new is not None
+            and new != sent
+            and new in c.issued
+            and all(r.parent != sent for r in c.issued[new])  # not the same step, repeated
+        ):
+            self._anomaly(emit, "token-repeated", **where, detail=f"{new!r} was issued before")
+        if silent_reset:
+            self._anomaly(
+                emit,
+                "silent-reset",
+                **where,
+                detail=f"{sent!r} was answered with all {len(c.items)} members the client "
+                "holds, unchanged, and no error",
+            )
+        limit = req.get("limit")
+        if (
+            limit is not None
+            and len(entries) == limit
+            and not resp.get("truncated")
+            and new is not None
+            and new != sent
+        ):
+            self._anomaly(
+                emit,
+                "truncated-without-507",
+                **where,
+                detail=f"limit {limit}, {limit} members and a new token, but no 507",
+            )
+        if c.protocol == "rfc6578" and sent is None and any(e["type"] == "delete" for e in entries):
+            n = sum(e["type"] == "delete" for e in entries)
+            self._anomaly(
+                emit,
+                "removed-in-initial-sync",
+                **where,
+                detail=f"the initial sync listed {n} removed member(s)",
+            )
         if new is not None and new != sent:
             rec = TokenRecord(new, sent, client, flow, self.seq, ranged=bool(req.get("range")))
             c.chain.append(rec)
@@ -436,6 +543,27 @@ class Tracker:
             )
         self._paging(c, req, resp, sent, received, emit, where)
         self._entries(c, s, entries, set(req.get("acknowledged") or []), status, emit, where)
+
+    def _silent_reset(self, c: Collection, sent: str | None, entries: list[dict[str, Any]]) -> bool:
+        """A non-empty token answered by re-listing every member the client holds, unchanged.
+
+        An incremental answer never reports a member at the ETag the client already has, so
+        re-reporting all of them (at least two) is a full listing in disguise (DAViCal's reset).
+        """
+        if sent is None or c.protocol != "rfc6578" or len(c.items) < 2:
+            return False
+        known = self.resources.get(c.upstream, {})
+        live = set(c.items.values())
+        same = 0
+        for e in entries:
+            href = e.get("href")
+            if e["type"] == "delete" or not href:
+                continue
+            path = normalise_path(href)
+            r = known.get(path)
+            if path in live and r is not None and r.tag is not None and r.tag == e.get("tag"):
+                same += 1
+        return same == len(live)
 
     def _paging(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape
 
+from repltap import protocol
 from repltap.protocol import exchange
 from repltap.summary import summarise
 
@@ -107,4 +108,63 @@ def write(
     if uid:
         rh["Repl-UID"] = f"<{uid}>"
     resp = exchange.decode_response(req, status, rh, b"")
+    return summarise(req, resp, upstream=UPSTREAM)
+
+
+def sync(
+    path: str,
+    sent: str | None,
+    received: str | None,
+    members: list[tuple[str, str | None]] = (),  # type: ignore[assignment]
+    *,
+    status: int = 207,
+    limit: int | None = None,
+    depth: str = "0",
+    truncated: bool = False,
+    error_status: int | None = None,
+) -> dict[str, Any]:
+    """The summary of one RFC 6578 sync-collection flow; members: (href, etag or None=removed)."""
+    tok = "<D:sync-token/>" if sent is None else f"<D:sync-token>{escape(sent)}</D:sync-token>"
+    lim = f"<D:limit><D:nresults>{limit}</D:nresults></D:limit>" if limit is not None else ""
+    body = (
+        f'<D:sync-collection xmlns:D="DAV:">{tok}<D:sync-level>1</D:sync-level>{lim}'
+        "<D:prop><D:getetag/></D:prop></D:sync-collection>"
+    ).encode()
+    req = protocol.decode_request("REPORT", path, {"Depth": depth}, body)
+    if error_status is not None:
+        rbody = b'<D:error xmlns:D="DAV:"><D:valid-sync-token/></D:error>'
+        resp = protocol.decode_response(req, error_status, {}, rbody)
+        return summarise(req, resp, upstream=UPSTREAM)
+    parts = ['<D:multistatus xmlns:D="DAV:">']
+    if truncated:
+        parts.append(
+            f"<D:response><D:href>{path}</D:href><D:status>HTTP/1.1 507 Insufficient Storage"
+            "</D:status></D:response>"
+        )
+    for href, etag in members:
+        if etag is None:
+            parts.append(
+                f"<D:response><D:href>{href}</D:href><D:status>HTTP/1.1 404 Not Found</D:status>"
+                "</D:response>"
+            )
+        else:
+            parts.append(
+                f"<D:response><D:href>{href}</D:href><D:propstat><D:prop><D:getetag>"
+                f"{escape(etag)}</D:getetag></D:prop><D:status>HTTP/1.1 200 OK</D:status>"
+                "</D:propstat></D:response>"
+            )
+    if received is not None:
+        parts.append(f"<D:sync-token>{escape(received)}</D:sync-token>")
+    parts.append("</D:multistatus>")
+    resp = protocol.decode_response(req, status, {}, "".join(parts).encode())
+    return summarise(req, resp, upstream=UPSTREAM)
+
+
+def dav_write(
+    method: str, path: str, status: int, *, if_match: str | None = None, etag: str | None = None
+) -> dict[str, Any]:
+    """A plain WebDAV write as CalDAV clients send it (If-Match, ETag)."""
+    h = {"If-Match": if_match} if if_match else {}
+    req = protocol.decode_request(method, path, h, b"BEGIN:VCALENDAR" if method == "PUT" else b"")
+    resp = protocol.decode_response(req, status, {"ETag": etag} if etag else {}, b"")
     return summarise(req, resp, upstream=UPSTREAM)

@@ -11,13 +11,13 @@ from typing import Any
 
 from mitmproxy import contentviews, http
 
-from ..protocol import exchange
+from .. import protocol
 from ..protocol import xml as safexml
 from ..protocol.model import Request, normalise_path
 from ..summary import summarise
 from .decode import META_KEY
 
-_REPL_MARKERS = (b"schemas.microsoft.com/repl",)
+_REPL_MARKERS = (b"schemas.microsoft.com/repl", b"sync-collection", b"sync-token>")
 
 
 def _summary_for(data: bytes, metadata: contentviews.Metadata) -> dict[str, Any] | None:
@@ -27,24 +27,29 @@ def _summary_for(data: bytes, metadata: contentviews.Metadata) -> dict[str, Any]
         s = flow.metadata.get(META_KEY)
         if isinstance(s, dict) and s.get("v") == 1:
             return s
-        req = exchange.decode_request(
+        req = protocol.decode_request(
             flow.request.method, flow.request.path, flow.request.headers, flow.request.content
         )
         resp = None
         if flow.response is not None:
-            resp = exchange.decode_response(
+            resp = protocol.decode_response(
                 req, flow.response.status_code, flow.response.headers, flow.response.content
             )
         return summarise(req, resp, upstream=f"{flow.request.host}:{flow.request.port}")
     # A message without a flow: read the bytes on their own.
     if isinstance(msg, http.Request):
-        req = exchange.decode_request(msg.method, msg.path, msg.headers, data)
+        req = protocol.decode_request(msg.method, msg.path, msg.headers, data)
         return summarise(req, None)
     if isinstance(msg, http.Response):
+        rfc = b"sync-token" in data and b"schemas.microsoft.com/repl" not in data
         probe = Request(
-            protocol="exchange", kind="manifest", method="SEARCH", target="/", manifest=True
+            protocol="rfc6578" if rfc else "exchange",
+            kind="manifest",
+            method="REPORT" if rfc else "SEARCH",
+            target="/",
+            manifest=True,
         )
-        return summarise(probe, exchange.decode_response(probe, msg.status_code, msg.headers, data))
+        return summarise(probe, protocol.decode_response(probe, msg.status_code, msg.headers, data))
     return None
 
 
@@ -136,11 +141,13 @@ def _describe_response(s: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ch = resp["changes"]
         lines.append(f"changes: {ch['new']} new, {ch['change']} change, {ch['delete']} delete")
         base = req.get("target") or ""
+        rfc = s["protocol"] == "rfc6578"
         for e in resp.get("entries", []):
             kind = e["type"] + ("*" if e.get("implicit") else "")
-            rows.append(
-                [kind, _short_href(e.get("href"), base), e.get("tag") or "-", e.get("uid") or "-"]
-            )
+            last = str(e.get("status") or "") if rfc else e.get("uid") or "-"
+            rows.append([kind, _short_href(e.get("href"), base), e.get("tag") or "-", last])
+        if resp.get("truncated"):
+            lines.append("truncated: the server has more changes (507 for the request-URI)")
         if any(e.get("implicit") for e in resp.get("entries", [])):
             lines.append("(* no R:changetype in the entry: read as change)")
         if rows:
@@ -205,7 +212,10 @@ class WebDAVReplicationContentview(contentviews.Contentview):
                 lines.append(f"not decoded ({u['reason']}): {u['detail']}")
         if rows:
             lines.append("")
-            lines += _table(rows, ["changetype", "href", "resourcetag", "repl-uid"])
+            if s["protocol"] == "rfc6578":
+                lines += _table(rows, ["change", "href", "etag", "status"])
+            else:
+                lines += _table(rows, ["changetype", "href", "resourcetag", "repl-uid"])
         lines.append("")
         try:
             lines.append(safexml.pretty(data).rstrip("\n"))

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, flowfilter, http
 
-from ..protocol import exchange
+from .. import protocol
 from ..protocol.model import Request
 from ..protocol.xml import DEFAULT_MAX_BYTES
 from ..summary import is_relevant, summarise
@@ -43,13 +43,13 @@ def _body(message: http.Message) -> tuple[bytes | None, str | None]:
 def decode_flow(flow: http.HTTPFlow, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any] | None:
     """Decode a finished flow on its own (offline use); the summary, or None if not relevant."""
     body, _ = _body(flow.request)
-    req = exchange.decode_request(
+    req = protocol.decode_request(
         flow.request.method, flow.request.path, flow.request.headers, body, max_bytes=max_bytes
     )
     resp = None
     if flow.response is not None:
         rbody, _ = _body(flow.response)
-        resp = exchange.decode_response(
+        resp = protocol.decode_response(
             req, flow.response.status_code, flow.response.headers, rbody, max_bytes=max_bytes
         )
     if not is_relevant(req, resp):
@@ -103,7 +103,7 @@ class Decode:
         if not self._wanted(flow):
             return
         body, why = _body(flow.request)
-        req = exchange.decode_request(
+        req = protocol.decode_request(
             flow.request.method,
             flow.request.path,
             flow.request.headers,
@@ -123,7 +123,7 @@ class Decode:
         if req is None or flow.response is None:
             return
         body, why = _body(flow.response)
-        resp = exchange.decode_response(
+        resp = protocol.decode_response(
             req,
             flow.response.status_code,
             flow.response.headers,

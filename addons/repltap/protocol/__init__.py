@@ -1,12 +1,17 @@
 """The protocol core: bytes and headers in, typed messages out (sans-IO, no mitmproxy).
 
 Modules: ``xml`` (the one safe parser), ``headers`` (If, Range rows, Content-Range, ResourceTag),
-``model`` (the typed results), ``exchange`` (Exchange WebDAV replication).
+``model`` (the typed results), ``exchange`` (Exchange WebDAV replication), ``rfc6578``
+(sync-collection). ``decode_request``/``decode_response`` here pick the protocol per message.
 """
 
-from .exchange import decode_request, decode_response, status_meaning
+from __future__ import annotations
+
+from . import exchange, rfc6578
+from .exchange import status_meaning
+from .headers import HeaderView
 from .model import Condition, Entry, Request, Response, Scope, normalise_path, short_token
-from .xml import Undecodable
+from .xml import DEFAULT_MAX_BYTES, Undecodable
 
 __all__ = [
     "Condition",
@@ -21,3 +26,58 @@ __all__ = [
     "short_token",
     "status_meaning",
 ]
+
+_REPL_MARK = b"schemas.microsoft.com/repl"
+
+
+def decode_request(
+    method: str,
+    target: str,
+    headers: object,
+    body: bytes | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Request:
+    """Decode a request: REPORT as RFC 6578, everything else as Exchange/WebDAV for now.
+
+    A write's protocol is settled by its answer (see :func:`decode_response`).
+    """
+    if method.upper() == "REPORT":
+        return rfc6578.decode_request(method, target, headers, body, max_bytes=max_bytes)
+    return exchange.decode_request(method, target, headers, body, max_bytes=max_bytes)
+
+
+def decode_response(
+    req: Request,
+    status: int,
+    headers: object,
+    body: bytes | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Response:
+    """Decode the answer to ``req``; may settle ``req.protocol`` to ``rfc6578``.
+
+    A non-manifest request with no rt:/rid: condition, answered without ResourceTag/Repl-UID
+    and without the repl namespace, but with an ETag (or a PROPFIND multistatus), is plain
+    WebDAV as CalDAV/CardDAV servers speak it: its ETag is the tag RFC 6578 clients follow.
+    """
+    if req.protocol == "rfc6578":
+        return rfc6578.decode_response(req, status, headers, body, max_bytes=max_bytes)
+    if not req.manifest and _plain_dav(req, HeaderView.of(headers), body):
+        req.protocol = "rfc6578"
+        return rfc6578.decode_response(req, status, headers, body, max_bytes=max_bytes)
+    return exchange.decode_response(req, status, headers, body, max_bytes=max_bytes)
+
+
+def _plain_dav(req: Request, h: HeaderView, body: bytes | None) -> bool:
+    if req.condition.tags or req.condition.uids or req.condition.not_tags:
+        return False
+    if req.method in ("GET", "HEAD", "SEARCH", "POST"):
+        return False  # every web server sends ETags on GET: not evidence of a sync client
+    if h.get("resourcetag") is not None or h.get("repl-uid") is not None:
+        return False
+    if body and _REPL_MARK in body:
+        return False
+    if req.condition.if_match not in (None, "*"):
+        return True  # a real ETag in the condition: the client follows ETags
+    return h.get("etag") is not None or (req.method == "PROPFIND" and bool(body))

@@ -267,11 +267,14 @@ class Response:
             )
             if self.truncated:
                 d["truncated"] = True
-        elif self.entries:
-            # A plain PROPFIND/SEARCH listing: tags and uids seen on the wire, not changes.
-            d["listed"] = [
-                {"href": e["href"], "tag": e["tag"], "uid": e["uid"]} for e in self.entries
-            ]
+        else:
+            if self.entries:
+                # A plain PROPFIND/SEARCH listing: tags and uids seen on the wire, not changes.
+                d["listed"] = [
+                    {"href": e["href"], "tag": e["tag"], "uid": e["uid"]} for e in self.entries
+                ]
+            if self.token is not None:
+                d["token"] = self.token  # a collection's DAV:sync-token property
         if self.invalid_token:
             d["invalid_token"] = True
         if self.content_range is not None:

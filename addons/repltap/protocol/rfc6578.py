@@ -1,0 +1,192 @@
+"""RFC 6578 collection synchronization (sync-collection), as CalDAV/CardDAV servers speak it.
+
+What may live here: turning a ``REPORT`` with ``D:sync-collection`` and its 207 answer, the
+``valid-sync-token`` precondition error, and the ETag/If-Match of plain WebDAV writes, into the
+same :class:`~repltap.protocol.model.Request`/``Response`` shapes as Exchange replication (the
+sync-token plays the collblob, the ETag the resourcetag, the href the repl-uid). What may not:
+I/O, mitmproxy, memory of earlier messages.
+
+Readings, after ../shared/spec/rfc6578-peers.md ("shapes a parser must not depend on"):
+- element order is free (``sync-token`` before or after the members, ``sync-level`` first);
+  prefixes are free; an empty ``D:sync-token`` means an initial sync;
+- a member with a 200 propstat is a change (RFC 6578 does not tell new from changed), its
+  ETag comes from the 200 propstat only (Xandikos puts unknown props in a 404 propstat);
+- a member whose response-level status is 404 is removed (``type`` "delete", ``status`` 404);
+- a response for the request-URI with status 507 marks a truncated answer; it is not a member;
+- the ``valid-sync-token`` precondition marks an invalid token whatever the status (403 from
+  Radicale, 412 from Xandikos, anything else from others);
+- tokens are opaque: URI-shaped, bare hex or ``data:,N``, and they may repeat.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from . import xml as safexml
+from .exchange import _condition, parse_status_line, status_meaning
+from .headers import HeaderView
+from .model import Entry, Request, Response, normalise_path
+
+DAV = "{DAV:}"
+CS_GETCTAG = "{http://calendarserver.org/ns/}getctag"
+
+
+def _local(el: etree._Element) -> str:
+    tag = el.tag
+    return tag if isinstance(tag, str) else ""
+
+
+def _text(el: etree._Element | None) -> str | None:
+    if el is None or el.text is None:
+        return None
+    return el.text.strip() or None
+
+
+def decode_request(
+    method: str,
+    target: str,
+    headers: object,
+    body: bytes | None,
+    *,
+    max_bytes: int = safexml.DEFAULT_MAX_BYTES,
+) -> Request:
+    """Decode a REPORT (sync-collection or not). Never raises on bad input."""
+    h = HeaderView.of(headers)
+    req = Request(
+        protocol="rfc6578",
+        kind="other",
+        method=method.upper(),
+        target=normalise_path(target),
+        depth=h.get("depth"),
+    )
+    req.condition = _condition(h, req.notes)
+    if not body:
+        return req
+    try:
+        root = safexml.parse(body, max_bytes=max_bytes)
+    except safexml.XmlProblem as e:
+        req.problem = safexml.Undecodable(e.reason, e.detail)
+        return req
+    if root.tag != DAV + "sync-collection":
+        return req  # another REPORT (calendar-multiget, calendar-query...): not a manifest
+    req.manifest = True
+    req.kind = "manifest"
+    token_el = None
+    for child in root:
+        tag = _local(child)
+        if tag == DAV + "sync-token":
+            token_el = child
+        elif tag == DAV + "sync-level":
+            req.sync_level = _text(child)
+        elif tag == DAV + "prop":
+            req.props = [p.tag for p in child if isinstance(p.tag, str)]
+        elif tag == DAV + "limit":
+            n = child.find(DAV + "nresults")
+            t = _text(n)
+            if t is not None and t.isdigit() and len(t) <= 18:
+                req.limit = int(t)
+            else:
+                req.notes.append(f"unreadable DAV:limit/nresults {t!r}")
+    if token_el is None:
+        req.token_form = "missing"
+        req.notes.append("no DAV:sync-token element: read as an initial sync")
+    else:
+        raw = token_el.text
+        if raw is None:
+            req.token_form = "empty-element"
+        elif not raw.strip():
+            req.token_form = "whitespace"
+        else:
+            req.token_form = "text"
+            req.token = raw.strip()
+    return req
+
+
+def decode_response(
+    req: Request,
+    status: int,
+    headers: object,
+    body: bytes | None,
+    *,
+    max_bytes: int = safexml.DEFAULT_MAX_BYTES,
+) -> Response:
+    """Decode the answer to an RFC 6578 request (or a plain WebDAV one). Never raises."""
+    h = HeaderView.of(headers)
+    resp = Response(status=status, meaning=_meaning(req, status))
+    etag = h.get("etag")
+    if etag is not None:
+        resp.tag = etag.strip() or None
+    resp.location = h.get("location")
+    if not body:
+        return resp
+    ctype = (h.get("content-type") or "").lower()
+    if not (safexml.looks_like_xml(body) or "xml" in ctype):
+        return resp
+    try:
+        root = safexml.parse(body, max_bytes=max_bytes)
+    except safexml.XmlProblem as e:
+        if req.manifest or status == 207:
+            resp.problem = safexml.Undecodable(e.reason, e.detail)
+        return resp
+    if root.tag == DAV + "error":
+        if root.find(DAV + "valid-sync-token") is not None:
+            resp.invalid_token = True
+            resp.meaning = "invalid sync-token (the valid-sync-token precondition failed)"
+        return resp
+    if root.tag != DAV + "multistatus":
+        return resp
+    _read_multistatus(req, resp, root)
+    return resp
+
+
+def _meaning(req: Request, status: int) -> str:
+    if req.manifest and status == 207:
+        return "sync-collection answer"
+    if status == 412 and not req.manifest:
+        return "precondition failed: the If-Match ETag does not hold (conflict)"
+    return status_meaning(req.method, status, False)
+
+
+def _read_multistatus(req: Request, resp: Response, root: etree._Element) -> None:
+    entries = resp.entries
+    target = req.target
+    for child in root:
+        tag = _local(child)
+        if tag == DAV + "sync-token":
+            resp.token = _text(child)
+            resp.manifest = resp.manifest or req.manifest
+            continue
+        if tag != DAV + "response":
+            continue
+        href = _text(child.find(DAV + "href"))
+        status = parse_status_line(_text(child.find(DAV + "status")))
+        if status == 507 and href is not None and normalise_path(href) == target:
+            resp.truncated = True  # RFC 6578 §3.6: more changes than the limit allowed
+            continue
+        entry: Entry = {"type": "change", "href": href, "tag": None, "uid": href}
+        if status is not None:
+            entry["status"] = status
+            if status == 404:
+                entry["type"] = "delete"
+        for ps in child.iterfind(DAV + "propstat"):
+            ps_status = parse_status_line(_text(ps.find(DAV + "status")))
+            if ps_status is not None and not 200 <= ps_status < 300:
+                continue
+            prop = ps.find(DAV + "prop")
+            if prop is None:
+                continue
+            t = _text(prop.find(DAV + "getetag"))
+            if t is not None:
+                entry["tag"] = t
+            if not req.manifest:
+                ctag = _text(prop.find(CS_GETCTAG))
+                token = _text(prop.find(DAV + "sync-token"))
+                if ctag is not None and resp.ctag is None:
+                    resp.ctag = ctag
+                if token is not None and resp.token is None:
+                    resp.token = token  # the collection's current token, as a property
+        entries.append(entry)
+    if req.manifest:
+        resp.manifest = True
+        if resp.token is None:
+            resp.notes.append("the sync-collection answer carries no DAV:sync-token")
