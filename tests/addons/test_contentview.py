@@ -100,3 +100,26 @@ def test_view_without_a_flow() -> None:
     msg = http.Response.make(207, MANIFEST, {"Content-Type": "text/xml"})
     text = view.prettify(MANIFEST, Metadata(content_type="text/xml", http_message=msg))
     assert "1 new, 0 change, 1 delete" in text
+
+
+def test_rfc6578_answer_view() -> None:
+    from tests.protocol.test_rfc6578 import INITIAL_CALDAV, RADICALE
+
+    with taddons.context():
+        req = http.Request.make(
+            "REPORT",
+            "http://127.0.0.1:5232/alice/cal/",
+            INITIAL_CALDAV,
+            {"Content-Type": "text/xml", "Depth": "0"},
+        )
+        f = tflow.tflow(req=req)
+        f.response = http.Response.make(207, RADICALE, {"Content-Type": "text/xml"})
+        res = prettify_message(f.response, f)
+    assert res.view_name == "WebDAV Replication"
+    assert res.text.startswith("== WebDAV replication (rfc6578): manifest /alice/cal/")
+    assert "sync-token: (none) → 'http://radicale.org/ns/sync/8c1f'" in res.text
+    lines = res.text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("change "))
+    assert lines[header].split() == ["change", "href", "etag", "status"]
+    assert lines[header + 2].split() == ["change", "e1.ics", '"1a"']
+    assert lines[header + 3].split() == ["delete", "gone.ics", "-", "404"]
