@@ -304,6 +304,22 @@ class Tracker:
 
     # ---------------------------------------------------------------- entry point
 
+    def event(
+        self, event: str, *, flow: str, ts: float, protocol: str, **fields: Any
+    ) -> dict[str, Any]:
+        """An event of a kind other features add (``cache``, ``fault``, ``replay``), numbered
+        in the same sequence as the tracker's own."""
+        self.seq += 1
+        return {
+            "v": EVENT_VERSION,
+            "ts": ts,
+            "seq": self.seq,
+            "flow": flow,
+            "event": event,
+            "protocol": protocol,
+            **fields,
+        }
+
     def observe(
         self,
         s: dict[str, Any],
