@@ -192,3 +192,16 @@ async def test_body_over_the_limit_is_not_decoded() -> None:
         await tctx.cycle(d, f)
     # the request itself is over 100 bytes: nothing can be said, so the flow is not a manifest
     assert "repl" not in f.metadata or f.metadata["repl"]["request"].get("undecodable")
+
+
+async def test_refresh_after_another_addon_changed_the_answer() -> None:
+    d = Decode()
+    with taddons.context(d) as tctx:
+        f = flow("SEARCH", "/c/", INITIAL, {}, 207, MANIFEST)
+        await tctx.cycle(d, f)
+        assert f.metadata["repl"]["response"]["changes"]["new"] == 1
+        assert f.response is not None
+        f.response.content = MANIFEST.replace(b">new<", b">change<")
+        d.refresh(f)
+    assert f.metadata["repl"]["response"]["changes"] == {"new": 0, "change": 1, "delete": 1}
+    assert f.comment.count("manifest /c/") == 1

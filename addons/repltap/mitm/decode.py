@@ -142,6 +142,15 @@ class Decode:
         msg = flow.error.msg if flow.error else "unknown error"
         self._store(flow, req, None, error=msg)
 
+    def refresh(self, flow: http.HTTPFlow) -> None:
+        """Decode a flow again after another addon changed its response (a fault, a cached
+        answer), so that what is summarised is what the client receives."""
+        self.pending.pop(flow.id, None)
+        if flow.response is not None:
+            self.response(flow)
+        elif flow.error is not None:
+            self.error(flow)
+
     def _request_of(self, flow: http.HTTPFlow) -> Request | None:
         """The decoded request of a finished flow, decoding it now if its hook was not seen."""
         req = self.pending.pop(flow.id, None)
