@@ -322,7 +322,7 @@ def props_of_responses(body: bytes) -> list[dict[str, str]]:
             for prop in ps.iter(f"{{{DAV}}}prop"):
                 for p in prop:
                     if isinstance(p.tag, str):
-                        d[p.tag] = "".join(p.itertext()).strip()
+                        d[p.tag] = "".join(str(t) for t in p.itertext()).strip()
         out.append(d)
     return out
 
@@ -589,10 +589,10 @@ class Sync:
             if path.endswith("/"):
                 continue  # a folder: this client replicates items only
             seen.add(entry["uid"])
-            self.apply_change(entry, path, props)
+            self.apply_change(entry, entry["uid"], path, props)
 
-    def apply_change(self, entry: Entry, path: str, props: dict[str, str]) -> None:
-        item = self.state.items.get(entry["uid"])
+    def apply_change(self, entry: Entry, uid: str, path: str, props: dict[str, str]) -> None:
+        item = self.state.items.get(uid)
         name = file_name(path)
         if item is not None and item.tag == entry["tag"]:
             # Client-side conflict avoidance: the same state is here already (spec §11).
@@ -617,10 +617,8 @@ class Sync:
             return
         content, tag, ctype, fresh = got
         merged = {**props, **fresh}
-        self.place(
-            entry["uid"], name, path, content, tag, ctype or merged.get(CONTENT_TYPE), merged
-        )
-        item = self.state.items[entry["uid"]]
+        self.place(uid, name, path, content, tag, ctype or merged.get(CONTENT_TYPE), merged)
+        item = self.state.items[uid]
         self.report.downloaded += 1
         word = entry["type"]
         self.say(f"  ↓ {self.label(item)}  {word}, {short_token(tag, 6)}")

@@ -47,7 +47,7 @@ class Multistatus:
         if REPL_NS not in spaces:
             spaces.append(REPL_NS)
         self.nsmap = {_prefix(i): ns for i, ns in enumerate(spaces)}
-        self.root = etree.Element(f"{{{DAV}}}multistatus", nsmap=self.nsmap)  # type: ignore[arg-type]
+        self.root = etree.Element(f"{{{DAV}}}multistatus", nsmap=self.nsmap)
 
     def repl(self, token: str | None) -> None:
         """``<R:repl><R:collblob>token</R:collblob></R:repl>``, or the empty ``<R:repl/>``."""

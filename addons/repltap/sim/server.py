@@ -11,6 +11,8 @@ code makes it:
   slash-less spelling are accepted (and logged).
 - §13.2 changetype: ``new`` for resources created since the collblob (what real Exchange sends),
   ``change`` for modified and moved-in ones, ``delete``.
+- §13.4/§13.5 requests are read by the protocol core (names in any case; ``collblob`` and
+  ``resourcetaglist`` together); replies use lowercase names.
 - §13.3 ``R:changetype`` is written as a direct child of ``D:response`` after the propstats.
 - §13.6 ``<R:collblob/>``, empty, whitespace-only and missing collblobs all mean initial sync.
 - §13.7 nothing changed → ``<R:repl/>`` with no collblob; an initial sync always gets one.
@@ -24,12 +26,18 @@ code makes it:
   416 past the end. A page cap (``--page-cap``) truncates the same way, with Content-Range.
 - §13.13 ``rows=-0``: no rows, and a collblob that skips everything up to now.
 - §13.15 PROPFIND manifests (``D:propfind`` with ``R:repl``, Depth 1 or infinity) work like SEARCH.
+- §13.14 the page cap is optional (``--page-cap``, off by default).
 - §13.16 delete entries carry an empty ``D:href`` and the repl-uid.
+- §13.17 ResourceTag and Repl-UID headers are sent in angle brackets, as the SDK shows them.
 - §13.18 MOVE sends no Repl-UID (and no ResourceTag): the client must PROPFIND the destination.
 - §13.19 DELETE sends a ResourceTag: the tag of the tombstone, which a client may acknowledge.
 - §13.20 If on POST is ignored.
 - §13.21 MKCOL on an existing collection: 409.
 - §13.22 210 bodies: one plain-text line saying what the server changed.
+- §13.23 manifest order is change order, which keeps integrity (store.py).
+- §13.24 SHALLOW, DEEP and HIERARCHICAL traversal all work with collblobs, in any collection;
+  a scope without a traversal keyword is shallow (sql.py).
+- §13.25 a collblob is compared as the exact text sent, surrounding whitespace removed.
 - §13.27 If: standard WebDAV semantics (any list may match; all conditions of a list must hold).
 - COPY sends no ResourceTag (the SDK's "might not"); the copy has its own repl-uid.
 - Destination headers are read for their path only: reverse proxies (mitmdump) don't rewrite the
@@ -145,7 +153,7 @@ class ReplServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The base URL the server listens on."""
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def log(self, line: str) -> None:
         if not self.quiet:
@@ -280,13 +288,14 @@ class Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").strip()
         if not host or not _HOST_RE.match(host):
             h, p = self.server.server_address[:2]
-            host = f"{h}:{p}"
+            host = f"{h!s}:{p}"
         return f"http://{host}"
 
     def url_of(self, r: Resource) -> str:
         return render.href(self.base(), r.path)
 
     def tag_headers(self, r: Resource, uid: bool = True) -> list[tuple[str, str]]:
+        # Bracketed like the SDK's examples (§13.17); clients must accept bare values too.
         out = [("ResourceTag", f"<{r.tag}>")]
         if uid:
             out.append(("Repl-UID", f"<{r.uid}>"))
@@ -356,9 +365,8 @@ class Handler(BaseHTTPRequestHandler):
             r = self.store.require(path)
             self.check_if(r)
             inm = self.headers.get("If-None-Match")
-            if inm is not None and self.store.prop(r, f"{{{DAV}}}getetag") in (
-                v.strip() for v in inm.split(",")
-            ):
+            etag = str(self.store.prop(r, f"{{{DAV}}}getetag"))
+            if inm is not None and etag in [v.strip() for v in inm.split(",")]:
                 self.send(304, headers=self.tag_headers(r, uid=False))
                 return
             self.check_match(r)
@@ -495,7 +503,7 @@ class Handler(BaseHTTPRequestHandler):
             if root.tag != f"{{{DAV}}}propfind":
                 raise DavError(400, f"a PROPFIND body must be DAV:propfind, not {root.tag}")
             req = exchange.decode_request("PROPFIND", path, self.headers.items(), self.body)
-            if req.manifest:
+            if req.manifest:  # the PROPFIND form of a manifest (§8.9, §13.15)
                 self._manifest(path, req, None)
                 return
             for child in root:
@@ -514,11 +522,13 @@ class Handler(BaseHTTPRequestHandler):
                 targets += self.store.children(r.path)
             elif r.collection and depth == "infinity":
                 targets = self.store.subtree(r.path)
-            rows = []
+            rows: list[
+                tuple[str, list[tuple[str, str | None, Any]], list[tuple[str, str | None]]]
+            ] = []
             for t in targets:
                 wanted = names if names is not None else self.store.prop_names(t)
-                found = []
-                missing = []
+                found: list[tuple[str, str | None, Any]] = []
+                missing: list[tuple[str, str | None]] = []
                 for n in wanted:
                     v = self.store.prop(t, n) if n != f"{{{DAV}}}href" else None
                     if v is None:
@@ -526,7 +536,9 @@ class Handler(BaseHTTPRequestHandler):
                     else:
                         found.append((n, None, None if only_names else v))
                 rows.append((self.url_of(t), found, missing))
-        ms = render.Multistatus(n for _, f, m in rows for n, *_ in (*f, *m))
+        ms = render.Multistatus(
+            [n for _, f, _ in rows for n, _, _ in f] + [n for _, _, m in rows for n, _ in m]
+        )
         brief = (self.headers.get("Brief") or "").strip().lower() == "t"
         for url, found, missing in rows:
             ms.response(url, found, [] if brief else missing)
@@ -550,7 +562,7 @@ class Handler(BaseHTTPRequestHandler):
                     if op.tag.endswith("}set"):
                         # Values are kept as text; typed (b:dt) and structured values are stored
                         # as their text content.
-                        sets[p.tag] = "".join(p.itertext())
+                        sets[p.tag] = "".join(str(t) for t in p.itertext())
                         if p.tag in removes:
                             removes.remove(p.tag)
                     else:
@@ -689,6 +701,7 @@ class Handler(BaseHTTPRequestHandler):
     def _manifest(self, path: str, req: Any, sql_text: str | None) -> None:
         """A manifest request, SEARCH or PROPFIND form (spec §8)."""
         if req.nonstandard_ns:
+            # §13.1: accepted (real Exchange would not recognise it), and logged.
             self.server.log(f"note: non-canonical repl namespace {req.nonstandard_ns} accepted")
         since: collblob.State | None = None
         if req.token is not None:  # None covers every empty form of §13.6
@@ -766,6 +779,8 @@ class Handler(BaseHTTPRequestHandler):
                     ms.response(
                         self.url_of(row.resource), found, [] if brief else missing, row.change
                     )
+        # 207 + Content-Range for a ranged or capped manifest, never 206 (§13.12); a complete
+        # answer to a request without Range needs none.
         headers = [("Accept-Ranges", "rows")]
         if self.headers.get("Range") is not None or result.partial:
             lo = result.first if result.first is not None else 0
@@ -781,11 +796,12 @@ class Handler(BaseHTTPRequestHandler):
             if token is None
             else "manifest: "
             + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-            + (f" (rows of {result.total})" if result.partial else "")
+            + (f" ({len(result.rows)} of {result.total} rows)" if result.partial else "")
         )
         self.send(207, ms.tobytes(), headers, 'text/xml; charset="utf-8"')
 
     def _stale(self, since: collblob.State, coll: Resource, binding: str) -> str | None:
+        """Why a well-signed collblob cannot be used here (→ 475, §13.8/§13.9), or None."""
         if since.scope != coll.path:
             return f"the collblob was issued for {since.scope}, not {coll.path}"
         if since.incarnation != coll.incarnation:
@@ -919,7 +935,8 @@ def run(args: argparse.Namespace) -> int:
     for r in store.iter_all():
         if r.collection and r.path != "/":
             n = sum(1 for c in store.children(r.path) if not c.collection)
-            print(f"  collection {server.url}{render.href('', r.path)}  ({n} items)", flush=True)
+            items = f"{n} item" + ("" if n == 1 else "s")
+            print(f"  collection {server.url}{render.href('', r.path)}  ({items})", flush=True)
     print(f"  admin: {server.url}{ADMIN_PREFIX}/  (JSON; see `repltap admin --help`)", flush=True)
     if settings.page_cap or settings.transform != "off":
         print(f"  settings: {settings.to_dict()}", flush=True)

@@ -135,7 +135,7 @@ class Expr:
         if op == "not":
             return not bool(a[0].eval(row))
         if op == "isnull":
-            return (a[0].eval(row) is None) != a[1]
+            return bool((a[0].eval(row) is None) != a[1])
         if op == "like":
             v = a[0].eval(row)
             return v is not None and (a[1].fullmatch(str(v)) is not None) != a[2]

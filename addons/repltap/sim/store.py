@@ -646,7 +646,7 @@ class Store:
                 # Everything up to the end is covered (a range starting past row 0 reads rows
                 # 0..first-1 as fetched earlier with the same collblob: spec §13.11's second
                 # reading, tolerated).
-                watermark, acked = self.seq, ()
+                watermark, acked = self.seq, tuple[int, ...]()
             else:
                 # The collblob covers exactly the rows returned and everything before them:
                 # the next page continues with row hi+1 (spec §8.7, §13.11's recommended reading).
@@ -694,6 +694,7 @@ class Store:
             if r.seq <= w:
                 continue
             if where(r):
+                # §13.2: "new" for what was created since the collblob, as real Exchange says.
                 change = "new" if r.created_seq > w else "change"
             elif r.created_seq > w:
                 continue  # never matched as far as this client knows
