@@ -1035,7 +1035,8 @@ def _timeline(c: CollectionView, cid: int, named: bool) -> str:
                     f"{x2 - nw / 2 - 1},{y2}"
                 )
             edges.append(
-                f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="1.6"{dash} '
+                f'<path class="edge{" regressed" if bad else ""}" d="{d}" fill="none" '
+                f'stroke="{colour}" stroke-width="1.6"{dash} '
                 f'marker-end="url(#{marker})">{_title(["token " + str(n.sent)])}</path>'
             )
         if n.received is not None and n.outcome != "invalid":
