@@ -669,19 +669,7 @@ class Tracker:
                 gone = known.get(path) if path is not None else None
                 if gone is None or path is None:
                     continue  # never seen on the wire: there is no history to close
-                emit(
-                    "tag",
-                    resource=path,
-                    upstream=upstream,
-                    uid=uid or gone.uid,
-                    **{"from": gone.tag},
-                    to=None,
-                    via="manifest",
-                    status=status,
-                )
-                gone.history.append((None, uid or gone.uid, "manifest", self.seq))
-                gone.tag = None
-                gone.deleted = True
+                self._gone(gone, "manifest", status, emit, uid)
                 continue
             if tag is not None and tag in acknowledged:
                 self._anomaly(
@@ -729,6 +717,30 @@ class Tracker:
         if r is None:
             r = known[path] = Resource(upstream, path)
         return r
+
+    def _gone(
+        self,
+        r: Resource,
+        via: str,
+        status: int,
+        emit: Callable[..., dict[str, Any]],
+        uid: str | None = None,
+    ) -> None:
+        """A resource deleted (or moved away): its history closes with no tag."""
+        if r.tag is not None or r.uid is not None:
+            emit(
+                "tag",
+                resource=r.path,
+                upstream=r.upstream,
+                uid=uid or r.uid,
+                **{"from": r.tag},
+                to=None,
+                via=via,
+                status=status,
+            )
+        r.history.append((None, uid or r.uid, via, self.seq))
+        r.tag = None
+        r.deleted = True
 
     def _see(
         self,
@@ -835,43 +847,17 @@ class Tracker:
         if not 200 <= status < 300:
             return
         if method == "DELETE":
-            r = self._resource(upstream, path)
-            if r.tag is not None or r.uid is not None:
-                emit(
-                    "tag",
-                    resource=path,
-                    upstream=upstream,
-                    uid=r.uid,
-                    **{"from": r.tag},
-                    to=None,
-                    via=method,
-                    status=status,
-                )
-            r.tag = None
-            r.deleted = True
-            r.history.append((None, r.uid, method, self.seq))
+            self._gone(self._resource(upstream, path), method, status, emit)
             return
         if method == "MOVE" and req.get("destination"):
             src = self._resource(upstream, path)
             dst_path = normalise_path(req["destination"])
             dst = self._resource(upstream, dst_path)
-            if src.tag is not None or src.uid is not None:
-                emit(
-                    "tag",
-                    resource=path,
-                    upstream=upstream,
-                    uid=src.uid,
-                    **{"from": src.tag},
-                    to=None,
-                    via=method,
-                    status=status,
-                )
             # The uid normally travels with the item (spec §9.8); the destination's tag is
             # only known once it is read again.
             dst.uid, dst.tag, dst.deleted = src.uid, None, False
             dst.history.append((None, src.uid, method, self.seq))
-            src.tag, src.deleted = None, True
-            src.history.append((None, src.uid, method, self.seq))
+            self._gone(src, method, status, emit)
             return
         for r in resp.get("listed") or []:
             if r.get("href"):

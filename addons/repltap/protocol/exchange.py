@@ -37,11 +37,12 @@ from .headers import (
     HeaderSyntaxError,
     HeaderView,
     parse_content_range_rows,
-    parse_if,
     parse_range_rows,
     strip_coded_url,
 )
-from .model import Condition, Entry, Request, Response, Scope, normalise_path
+from .model import Entry, Request, Response, Scope, normalise_path
+from .webdav import parse_status_line as parse_status_line  # re-exported: older callers
+from .webdav import read_condition, read_token
 
 REPL_NS = "http://schemas.microsoft.com/repl/"
 NONCANONICAL_REPL_NS = (
@@ -157,7 +158,6 @@ def _variants(*names: str) -> list[str]:
 _RESPONSE_FIELD_NAMES = {
     "response": ["response"],
     "href": ["href"],
-    "status": ["status"],
     "repl": _variants("repl"),
     "collblob": _variants("collblob", "CollBlob"),
     "resourcetag": _variants("resourcetag", "ResourceTag"),
@@ -165,9 +165,7 @@ _RESPONSE_FIELD_NAMES = {
     "changetype": _variants("changetype", "ChangeType"),
     "contenttag": _variants("contenttag", "ContentTag"),
 }
-_RESPONSE_ITER_TAGS = [
-    f"{{*}}{v}" for name, vs in _RESPONSE_FIELD_NAMES.items() if name != "status" for v in vs
-]
+_RESPONSE_ITER_TAGS = [f"{{*}}{v}" for vs in _RESPONSE_FIELD_NAMES.values() for v in vs]
 _CHANGE_TYPES = frozenset(("new", "change", "delete"))
 
 
@@ -176,18 +174,16 @@ _CHANGE_TYPES = frozenset(("new", "change", "delete"))
     _F_IGNORE,
     _F_RESPONSE,
     _F_HREF,
-    _F_STATUS,
     _F_REPL,
     _F_COLLBLOB,
     _F_TAG,
     _F_UID,
     _F_CHANGETYPE,
     _F_CONTENTTAG,
-) = range(10)
+) = range(9)
 _CODE_OF = {
     ("dav", "response"): _F_RESPONSE,
     ("dav", "href"): _F_HREF,
-    ("dav", "status"): _F_STATUS,
     ("repl", "repl"): _F_REPL,
     ("repl", "collblob"): _F_COLLBLOB,
     ("repl", "resourcetag"): _F_TAG,
@@ -250,16 +246,6 @@ def _text(el: etree._Element) -> str | None:
     return t or None
 
 
-def parse_status_line(text: str | None) -> int | None:
-    """``HTTP/1.1 404 Not Found`` to 404; None when unreadable."""
-    if not text:
-        return None
-    parts = text.split()
-    if len(parts) >= 2 and parts[1].isdigit() and len(parts[1]) == 3:
-        return int(parts[1])
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # SQL (only what replication needs: the SELECT list, the scope, and the query a collblob is
 # bound to, spec §8.2 and §13.8)
@@ -299,34 +285,6 @@ def parse_sql(sql: str) -> tuple[list[str], list[Scope], str | None]:
 # Requests
 
 
-def _condition(h: HeaderView, notes: list[str]) -> Condition:
-    raw_if = h.get("if")
-    tags: list[str] = []
-    uids: list[str] = []
-    not_tags: list[str] = []
-    not_uids: list[str] = []
-    etags: list[str] = []
-    if raw_if is not None:
-        try:
-            parsed = parse_if(raw_if)
-        except HeaderSyntaxError as e:
-            notes.append(f"malformed If header, not read: {e}")
-        else:
-            tags, uids = parsed.tokens("rt:"), parsed.tokens("rid:")
-            not_tags, not_uids = parsed.negated_tokens("rt:"), parsed.negated_tokens("rid:")
-            etags = parsed.etags
-    return Condition(
-        raw_if=raw_if,
-        tags=tuple(tags),
-        uids=tuple(uids),
-        not_tags=tuple(not_tags),
-        not_uids=tuple(not_uids),
-        etags=tuple(etags),
-        if_match=h.get("if-match"),
-        if_none_match=h.get("if-none-match"),
-    )
-
-
 def decode_request(
     method: str,
     target: str,
@@ -348,7 +306,7 @@ def decode_request(
         destination=h.get("destination"),
         overwrite=h.get("overwrite"),
     )
-    req.condition = _condition(h, req.notes)
+    req.condition = read_condition(h, req.notes)
     if m == "POST" and req.condition.raw_if is not None:
         req.notes.append("If is ignored on POST by Exchange (spec §9.3)")
     rng = h.get("range")
@@ -400,18 +358,7 @@ def _decode_manifest_request(req: Request, body: bytes, max_bytes: int) -> None:
             tag = _text(el)
             if tag is not None:
                 req.acknowledged.append(tag)
-    if collblob is None:
-        req.token_form = "missing"
-        req.notes.append("R:repl carries no R:collblob: read as an initial sync (spec §13.6)")
-    else:
-        raw = collblob.text
-        if raw is None:
-            req.token_form = "empty-element"
-        elif not raw.strip():
-            req.token_form = "whitespace"
-        else:
-            req.token_form = "text"
-            req.token = raw.strip()
+    read_token(req, collblob, "R:repl carries no R:collblob: read as an initial sync (spec §13.6)")
     if req.nonstandard_ns:
         req.notes.append(
             "non-canonical repl namespace "

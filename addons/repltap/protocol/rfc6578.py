@@ -23,9 +23,10 @@ from __future__ import annotations
 from lxml import etree
 
 from . import xml as safexml
-from .exchange import _condition, parse_status_line, status_meaning
+from .exchange import status_meaning
 from .headers import HeaderView
 from .model import Entry, Request, Response, normalise_path
+from .webdav import parse_status_line, read_condition, read_token
 
 DAV = "{DAV:}"
 CS_GETCTAG = "{http://calendarserver.org/ns/}getctag"
@@ -59,7 +60,7 @@ def decode_request(
         target=normalise_path(target),
         depth=h.get("depth"),
     )
-    req.condition = _condition(h, req.notes)
+    req.condition = read_condition(h, req.notes)
     if not body:
         return req
     try:
@@ -87,18 +88,7 @@ def decode_request(
                 req.limit = int(t)
             else:
                 req.notes.append(f"unreadable DAV:limit/nresults {t!r}")
-    if token_el is None:
-        req.token_form = "missing"
-        req.notes.append("no DAV:sync-token element: read as an initial sync")
-    else:
-        raw = token_el.text
-        if raw is None:
-            req.token_form = "empty-element"
-        elif not raw.strip():
-            req.token_form = "whitespace"
-        else:
-            req.token_form = "text"
-            req.token = raw.strip()
+    read_token(req, token_el, "no DAV:sync-token element: read as an initial sync")
     return req
 
 
