@@ -400,3 +400,32 @@ def test_processes_through_a_regular_proxy(tmp_path: Path, mitm_confdir: str) ->
         serve.terminate()
         serve.wait(10)
     assert serve.returncode == 0
+
+
+def test_the_demo_runs_and_cleans_up(tmp_path: Path) -> None:
+    """``make demo``'s script: every step checks store = server itself; here it must finish,
+    write the recording, and leave nothing behind, also when stopped half-way."""
+    out = tmp_path / "demo.mitm"
+    cmd = [sys.executable, "-m", "repltap.sim.demo", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("✓ store = server") == 8 and "Traceback" not in r.stdout + r.stderr
+    assert "475" in r.stdout and "mitmweb -r" in r.stdout
+    with out.open("rb") as f:
+        flows = list(io.FlowReader(f).stream())
+    assert flows and all("repl" in fl.metadata for fl in flows)
+    store = re.search(r"client store\s+(\S+)", r.stdout)
+    assert store and not Path(store.group(1)).parent.exists()  # its temp dir is gone
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.stdout is not None
+    head = "".join(p.stdout.readline() for _ in range(3))  # both peers are up
+    tmp = re.search(r"client store\s+(\S+)/store", head)
+    assert tmp, head
+    p.terminate()  # SIGTERM in the middle of the scenario
+    p.wait(30)
+    rest = p.stdout.read()
+    assert p.returncode == 130 and "interrupted" in rest, head + rest
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert tmp.group(1) not in ps and str(out) not in ps  # its server and mitmdump are gone
+    assert not Path(tmp.group(1)).exists()

@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,10 +108,14 @@ class Child:
             start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it cleanly
         )
         threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self.match is not None or self.proc.poll() is not None, timeout
-            )
+        try:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self.match is not None or self.proc.poll() is not None, timeout
+                )
+        except BaseException:  # Ctrl-C while it starts: it is not in anyone's list yet
+            self.stop()
+            raise
         if self.match is None:
             self.stop()
             raise DemoError(f"{name} did not start:\n  " + "\n  ".join(self.lines[-20:]))
@@ -206,7 +211,13 @@ def edit(path: Path, old: bytes, new: bytes) -> None:
     path.write_bytes(path.read_bytes().replace(old, new))
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run(out: Path, keep: bool, page_size: int) -> int:
+    # SIGTERM (make being stopped, a CI timeout) cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="repltap-demo-"))
     children: list[Child] = []
     started = time.monotonic()
