@@ -153,6 +153,15 @@ def mitmdump_exe() -> str:
     return found
 
 
+def _tool(name: str) -> str:
+    """How to call a mitmproxy tool from the repository: by name if it is on PATH, else the
+    venv's copy (``make demo`` does not activate the venv)."""
+    if shutil.which(name):
+        return name
+    exe = Path(sys.executable).parent / name
+    return str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)
+
+
 class Recording:
     """Reads the flows mitmdump has written so far, remembering which were shown."""
 
@@ -381,10 +390,10 @@ def run(out: Path, keep: bool, page_size: int) -> int:
         print(
             f"\nDone in {time.monotonic() - started:.1f} s. The session is in {shown}; open it with"
         )
-        print(f"  mitmweb -r {shown} -s addons/repl.py")
+        print(f"  {_tool('mitmweb')} -r {shown} -s addons/repl.py")
         print("(each flow's comment is repltap's one-line summary; the 'WebDAV replication' view")
         print(" shows the decoded manifest) or replay it offline with")
-        print(f"  mitmdump -nr {shown} -s addons/repl.py")
+        print(f"  {_tool('mitmdump')} -nr {shown} -s addons/repl.py")
         return 0
     except DemoError as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)
