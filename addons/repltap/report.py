@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -441,16 +442,16 @@ def analyse(events: Sequence[Event], source: str = "", notes: Iterable[str] = ()
         flow = str(ev.get("flow"))
         if kind in ("token", "invalid_token"):
             c = col(ev)
-            node = node_at.get((flow, (c.upstream, c.path, c.scope)))
+            hit = node_at.get((flow, (c.upstream, c.path, c.scope)))
             if kind == "invalid_token":
                 c.resets += 1
-                if node is not None:
-                    node.invalid = True
+                if hit is not None:
+                    hit.invalid = True
             else:
                 if ev.get("kind") == "reset":
                     c.resets += 1
-                if node is not None:
-                    node.kind = str(ev.get("kind"))
+                if hit is not None:
+                    hit.kind = str(ev.get("kind"))
         elif kind == "anomaly":
             anomalies.setdefault(str(ev["code"]), []).append(ev)
             if isinstance(ev.get("resource"), str):
@@ -464,9 +465,9 @@ def analyse(events: Sequence[Event], source: str = "", notes: Iterable[str] = ()
             elif isinstance(ev.get("collection"), str):
                 c = anomaly_home(ev)
                 c.add_anomaly(ev)
-                node = node_at.get((flow, (c.upstream, c.path, c.scope)))
-                if node is not None:
-                    node.anomalies.append(ev)
+                hit = node_at.get((flow, (c.upstream, c.path, c.scope)))
+                if hit is not None:
+                    hit.anomalies.append(ev)
                 else:
                     c.marks.append((i, ev))
         elif kind == "tag":
@@ -972,7 +973,7 @@ def _timeline(c: CollectionView, cid: int, named: bool) -> str:
     ]
     # Lanes.
     for k, name in enumerate(lanes):
-        y = lane_y[name]
+        y = float(lane_y[name])
         fill = "#f8f9fb" if k % 2 == 0 else "#ffffff"
         out.append(f'<rect x="0" y="{y}" width="{width}" height="{lane_h}" fill="{fill}"/>')
         label = name if len(name) <= 26 else name[:25] + "…"
@@ -990,8 +991,11 @@ def _timeline(c: CollectionView, cid: int, named: bool) -> str:
     out.append(f'<line x1="{left}" y1="{top - 4}" x2="{width}" y2="{top - 4}" stroke="#cfd8dc"/>')
     # Time axis and gaps.
     last_day = None
-    for cx, n, hidden in slots:
-        if n is None:
+    # When syncs come within a second, seconds alone would label them alike: add milliseconds.
+    seconds = [_utc(_num(n.ev.get("ts")), "%H:%M:%S") for _, n, _ in slots if n is not None]
+    fine = any(x == y for x, y in pairwise(seconds))
+    for cx, sn, hidden in slots:
+        if sn is None:
             out.append(
                 f'<line x1="{cx}" y1="{top}" x2="{cx}" y2="{marks_y}" stroke="#b0bec5" '
                 f'stroke-dasharray="3 4"/><text x="{cx}" y="{top - 10}" font-size="11" '
@@ -1000,9 +1004,11 @@ def _timeline(c: CollectionView, cid: int, named: bool) -> str:
                 f'fill="#90a4ae">{_title([f"{hidden:,} syncs not drawn"])}not drawn</text>'
             )
             continue
-        ts = _num(n.ev.get("ts"))
+        ts = _num(sn.ev.get("ts"))
         day = _utc(ts, "%Y-%m-%d")
         label = _utc(ts, "%H:%M:%S") if day == last_day else _utc(ts, "%m-%d %H:%M:%S")
+        if fine and ts is not None:
+            label += f".{int(ts * 1000) % 1000:03d}"
         last_day = day
         out.append(
             f'<text x="{cx}" y="{top - 10}" font-size="11" text-anchor="middle" '
@@ -1011,9 +1017,9 @@ def _timeline(c: CollectionView, cid: int, named: bool) -> str:
     # Token edges: from the sync that handed a token out to the sync that sent it back.
     pos = {id(n): (cx, lane_y[n.lane] + lane_h / 2) for cx, n, _ in slots if n is not None}
     lane_xs: dict[str, list[float]] = {}
-    for cx, n, _ in slots:
-        if n is not None:
-            lane_xs.setdefault(n.lane, []).append(cx)
+    for cx, sn, _ in slots:
+        if sn is not None:
+            lane_xs.setdefault(sn.lane, []).append(cx)
     holder: dict[str, Node] = {}
     edges: list[str] = []
     for n in c.nodes:
@@ -1045,9 +1051,10 @@ def _timeline(c: CollectionView, cid: int, named: bool) -> str:
             holder[n.sent] = n
     out += edges
     # Sync nodes.
-    for cx, n, _ in slots:
-        if n is None:
+    for cx, sn, _ in slots:
+        if sn is None:
             continue
+        n = sn
         stroke, fill, _label = _OUTCOME[n.outcome]
         y = lane_y[n.lane] + (lane_h - nh) / 2
         x0 = cx - nw / 2
