@@ -11,6 +11,8 @@ characters for the terminal.
 from __future__ import annotations
 
 import argparse
+import codecs
+import gzip
 import html
 import json
 import os
@@ -18,6 +20,7 @@ import re
 import shutil
 import sys
 import textwrap
+import zlib
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -73,13 +76,17 @@ def read_events(path: str | os.PathLike[str]) -> tuple[list[Event], list[str]]:
             if _RECORDING.match(head):
                 return _events_from_recording(name), []
             data = head + f.read()
+        if data.startswith(b"\x1f\x8b"):  # a rotated, compressed log
+            data = gzip.decompress(data)
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{name}: is a directory, not an event log or recording") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise InputError(f"{name}: a gzip file that cannot be decompressed ({e})") from None
     except OSError as e:
         raise InputError(f"{name}: cannot read it: {e.strerror or e}") from None
-    return _parse_jsonl(name, data)
+    return _parse_jsonl(name, data.removeprefix(codecs.BOM_UTF8))
 
 
 def _events_from_recording(name: str) -> list[Event]:
@@ -918,7 +925,13 @@ def _assign_lanes(c: CollectionView, named: bool) -> list[str]:
         for n in c.nodes:
             lane = lane_of.get(n.sent) if n.sent is not None else None
             if lane is None:
-                why = "initial sync" if n.sent is None else "token from before the log"
+                why = (
+                    "full resync"
+                    if n.outcome == "reset"
+                    else "initial sync"
+                    if n.sent is None
+                    else "token from before the log"
+                )
                 lane = f"chain {len(order) + 1} · {why}"
                 order.append(lane)
             n.lane = lane
@@ -957,7 +970,7 @@ def _timeline(c: CollectionView, cid: int, named: bool) -> str:
         x += gap_w
     marks = c.marks[-MAX_MARKS:]
     has_marks = bool(marks)
-    width = int(x + 24)
+    width = int(max(x + 24, left + 320))
     lane_y = {name: top + k * lane_h for k, name in enumerate(lanes)}
     marks_y = top + len(lanes) * lane_h
     height = marks_y + (54 if has_marks else 6)

@@ -155,6 +155,7 @@ def test_without_client_names_lanes_follow_token_chains() -> None:
     events, _ = read_events(DATA / "session.jsonl")  # the event log does not name clients
     page = render_html(analyse(events, "session.jsonl"))
     assert "chain 1 · initial sync" in page and "chain 2 · initial sync" in page
+    assert "chain 2 · full resync" in page  # the Calendar after its 475
     assert "Lanes are token chains" in page
 
 

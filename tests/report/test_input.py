@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import json
 from pathlib import Path
 
@@ -133,3 +135,26 @@ def test_html_that_cannot_be_written(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert code == 2
     assert err == f"repltap report: {out}: cannot write it: No such file or directory\n"
+
+
+def test_compressed_log_and_byte_order_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rotated log compressed with gzip, and a log saved by an editor that adds a BOM."""
+    gz = tmp_path / "events.jsonl.1.gz"
+    gz.write_bytes(gzip.compress(f"{GOOD}\n{GOOD}\n".encode()))
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(codecs.BOM_UTF8 + f"{GOOD}\n".encode())
+    assert cli.main(["report", str(gz)]) == 0
+    assert "2 events" in capsys.readouterr().out
+    assert cli.main(["report", str(bom)]) == 0
+    assert "1 event," in capsys.readouterr().out
+
+
+def test_broken_gzip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(GOOD.encode() * 50)[:40])
+    code, err = report(path, capsys)
+    assert code == 2
+    assert err.startswith(f"repltap report: {path}: a gzip file that cannot be decompressed (")
+    assert err.count("\n") == 1
