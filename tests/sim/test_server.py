@@ -7,6 +7,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -443,7 +444,9 @@ def test_options(peer: Peer) -> None:
             400,
             b"DTD",
         ),
-        ("BREW", "/", b"", {}, 501, b""),
+        ("BREW", "/", b"", {}, 501, b"Unsupported method"),
+        ("GET", HELLO, b"", {"If": "<http://x/%ff> (<rt:1>)"}, 400, b"tagged URL"),
+        ("MOVE", HELLO, b"", {"Destination": "http://x/a/%ff"}, 400, b"Destination"),
         ("GET", "/_admin/nope", b"", {}, 404, b"no admin endpoint"),
     ],
 )
@@ -459,6 +462,14 @@ def test_bad_requests_get_a_reason_not_a_traceback(
     ans = peer.request(method, path, body, headers)
     assert ans.status == status
     assert reason in ans.body and b"Traceback" not in ans.body
+
+
+def test_unparsable_request_lines_get_a_reason(peer: Peer) -> None:
+    for line, reason in ((b"GARBAGE", b"400 Bad request syntax"), (b"GET / HTTP/9.9", b"505")):
+        with socket.create_connection(("127.0.0.1", peer.port), timeout=5) as s:
+            s.sendall(line + b"\r\n\r\n")
+            got = s.recv(4096)
+        assert reason in got and b"Traceback" not in got
 
 
 def test_keep_alive_and_raw_errors(peer: Peer) -> None:

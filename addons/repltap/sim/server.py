@@ -190,8 +190,10 @@ class Handler(BaseHTTPRequestHandler):
         self.server.log(f"{self.address_string()} {format % args}")
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # requestline, not command/path: a request line that cannot be parsed has neither.
         note = getattr(self, "_note", "")
-        self.server.log(f'"{self.command} {self.path}" {code}' + (f" {note}" if note else ""))
+        line = getattr(self, "requestline", "").rsplit(" ", 1)[0]
+        self.server.log(f'"{line}" {code}' + (f" {note}" if note else ""))
 
     def send(
         self,
@@ -213,6 +215,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and status not in (204, 304):
             self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, unknown method, huge headers) in the
+        same one-line text form as ours, instead of its HTML page."""
+        self.close_connection = True
+        self.fail(code, message or explain or self.responses.get(code, ("error",))[0])
 
     def fail(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None) -> None:
         """An error answer: the status and one line saying why (never a traceback)."""
@@ -317,7 +325,7 @@ class Handler(BaseHTTPRequestHandler):
         for lst in parsed.lists:
             target = r
             if lst.resource is not None:
-                target = self.store.get(norm_path(urlsplit(lst.resource).path or "/"))
+                target = self.store.get(path_of(lst.resource, "the If header's tagged URL"))
             if all(self._holds(c.kind, c.value, c.negated, target) for c in lst.conditions):
                 return
         what = r.path if r is not None else "the target (which does not exist)"
@@ -446,15 +454,11 @@ class Handler(BaseHTTPRequestHandler):
         dest = self.headers.get("Destination")
         if not dest:
             raise DavError(400, f"{self.command} needs a Destination header")
-        # Only the path counts: a reverse proxy leaves the client's host in Destination.
-        dpath = urlsplit(dest.strip()).path if "://" in dest[:12] else dest.strip()
         ow = (self.headers.get("Overwrite") or "T").strip().upper()
         if ow not in ("T", "F"):
             raise DavError(400, f"Overwrite must be T or F, not {ow!r}")
-        try:
-            return norm_path(dpath), ow == "T"
-        except UnicodeDecodeError:
-            raise DavError(400, "the Destination is not valid UTF-8") from None
+        # Only the path counts: a reverse proxy leaves the client's host in Destination.
+        return path_of(dest, "the Destination"), ow == "T"
 
     def m_MOVE(self, path: str) -> None:
         dest, overwrite = self._destination()
@@ -644,14 +648,9 @@ class Handler(BaseHTTPRequestHandler):
             raise DavError(400, f"SQL not understood: {e}") from None
 
     def _scope(self, path: str, url: str) -> str:
-        if "://" in url[:12]:
-            url = urlsplit(url).path
-        elif not url.startswith("/"):
+        if "://" not in url[:12] and not url.startswith("/"):
             url = urljoin(path if path.endswith("/") else path + "/", url)
-        try:
-            return norm_path(url or path)
-        except UnicodeDecodeError:
-            raise DavError(400, "the scope URL is not valid UTF-8") from None
+        return path_of(url or path, "the scope URL")
 
     def _where(self, q: sqlmod.Query) -> Any:
         store = self.store
@@ -838,6 +837,19 @@ class Handler(BaseHTTPRequestHandler):
         self._note = doc.get("error", "") if isinstance(doc, dict) else ""
         body = (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode()
         self.send(status, body, content_type="application/json")
+
+
+def path_of(url: str, what: str) -> str:
+    """The store path of an absolute URL or a path (host and port ignored); 400 if unusable."""
+    u = url.strip()
+    if "://" in u[:12]:
+        u = urlsplit(u).path or "/"
+    try:
+        return norm_path(u)
+    except UnicodeDecodeError:
+        raise DavError(400, f"{what} is not valid UTF-8 after percent-decoding") from None
+    except DavError as e:
+        raise DavError(400, f"{what}: {e.reason}") from None
 
 
 def _content_range(lo: int, hi: int, count: int, total: int) -> str:
