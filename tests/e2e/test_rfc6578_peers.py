@@ -222,6 +222,16 @@ def _by_flow(events: list[Event]) -> dict[str, list[Event]]:
     return out
 
 
+def _brief(events: list[Event]) -> list[str]:
+    """One line an event, for assertion messages."""
+    keys = ("event", "protocol", "code", "via", "method", "status", "resource", "detail")
+    return [" ".join(f"{k}={e[k]}" for k in keys if e.get(k) is not None) for e in events]
+
+
+def writes_of(flows: list[mhttp.HTTPFlow]) -> list[mhttp.HTTPFlow]:
+    return [f for f in flows if f.request.method in ("PUT", "DELETE")]
+
+
 def _codes(events: list[Event]) -> set[str]:
     return {e["code"] for e in events if e["event"] == "anomaly"}
 
@@ -255,6 +265,7 @@ def test_caldav_scenario(peer_name: str, mode: str, tmp_path: Path, mitm_confdir
             finally:
                 client.close()
     events, flows = _events(log), _flows(rec)
+    per_flow = _by_flow(events)
     upstream = urllib.parse.urlsplit(base).netloc
     assert {e["upstream"] for e in events} == {upstream}  # never the Host header (the proxy's)
     t, (e1, e2, e3), href = run.t, run.etags, run.href
@@ -300,7 +311,7 @@ def test_caldav_scenario(peer_name: str, mode: str, tmp_path: Path, mitm_confdir
 
     # ---- the event's ETag history: via PUT, via manifest, and gone
     tags = [e for e in events if e["event"] == "tag" and e["resource"] == href]
-    assert all(e["protocol"] == "rfc6578" for e in tags), tags
+    assert [e["protocol"] for e in tags] == ["rfc6578"] * len(tags), _brief(tags)
     changes = [(e["via"], e["from"], e["to"]) for e in tags if e["from"] != e["to"]]
     assert changes == [
         ("PUT", None, e1),
@@ -311,16 +322,17 @@ def test_caldav_scenario(peer_name: str, mode: str, tmp_path: Path, mitm_confdir
     assert all(e["uid"] == href for e in tags if e["via"] == "manifest")  # the href is the uid
 
     # ---- the stale write: a 412 and a conflict
-    [conflict] = [e for e in events if e["event"] == "conflict"]
+    conflicts = [e for e in events if e["event"] == "conflict"]
+    assert len(conflicts) == 1, _brief(per_flow.get(writes_of(flows)[2].id, []))
+    [conflict] = conflicts
     assert (conflict["resource"], conflict["method"], conflict["status"]) == (href, "PUT", 412)
     assert conflict["protocol"] == "rfc6578" and conflict["current"] == e3
 
     # ---- anomalies, flow by flow
-    per_flow = _by_flow(events)
     codes = [_codes(per_flow[m["flow"]]) for m in manifests]
     assert all("depth-not-zero" in c for c in codes), codes  # python-caldav sends Depth: 1
     assert "token-regressed" in codes[5]  # t1 again after t2 was issued for it
-    writes = [f for f in flows if f.request.method in ("PUT", "DELETE")]
+    writes = writes_of(flows)
     assert [(f.request.method, f.response and f.response.status_code) for f in writes] == [
         ("PUT", 201),
         ("PUT", 204),
@@ -329,11 +341,11 @@ def test_caldav_scenario(peer_name: str, mode: str, tmp_path: Path, mitm_confdir
     ]
     put_create, put_modify, put_stale, delete = (_codes(per_flow.get(f.id, [])) for f in writes)
     assert "unconditional-write" not in put_create  # an unknown resource: nothing to overwrite
-    assert "unconditional-write" not in put_modify  # python-caldav sends a condition (below)
+    assert "unconditional-write" not in put_modify, put_modify  # it has a condition (below)
     assert "unconditional-write" in delete  # python-caldav deletes without If-Match
     assert [e["protocol"] for e in per_flow[writes[3].id] if e["event"] == "anomaly"] == ["rfc6578"]
     anomalies = [e for e in events if e["event"] == "anomaly"]
-    assert all(e["protocol"] == "rfc6578" for e in anomalies), anomalies
+    assert [e["protocol"] for e in anomalies] == ["rfc6578"] * len(anomalies), _brief(anomalies)
     assert not {"truncated-without-507", "silent-reset", "identity-changed"} & {
         e["code"] for e in anomalies
     }
@@ -467,6 +479,11 @@ def test_caldav_server_tester(peer_name: str, tmp_path: Path, mitm_confdir: str)
         else:
             assert verdict["support"] == "full", verdict
             assert any(e["truncated"] for e in asked) and not flagged
+
+    # Xandikos answers PROPPATCH with an absolute href built from the Host header, which
+    # python-caldav sets to the proxy's address in regular mode: still the same resource.
+    changed = [e for e in anomalies if e["code"] == "identity-changed"]
+    assert not changed, _brief(changed)
 
     if peer.name == "xandikos":
         assert _feature(report, "sync-token.limit")["support"] == "broken"
