@@ -31,6 +31,8 @@ Readings of the spec's ambiguities (§13) chosen by this client:
 - §13.11 paging: ``Range: rows=0-(N-1)`` with the newest collblob each time; more pages while
   ``Content-Range`` says rows remain (``last+1 < total``), or, without it, while a page is full;
   416 and the empty ``<R:repl/>`` also end it.
+- §13.14 with ``--page-size 0`` (no Range) and no Content-Range, a silent server cap is possible:
+  the client asks again until a manifest brings no entry.
 - §13.16 deletes are applied by repl-uid; their href is never used.
 - §13.17 ResourceTag/Repl-UID headers with or without angle brackets.
 - §13.18 after a MOVE the destination is read with PROPFIND (``If: (<rid:…>)``) for its tag and uid.
@@ -493,7 +495,11 @@ class Sync:
         cr = page.response.content_range
         if cr is not None and cr.total is not None:
             return cr.last is not None and cr.last + 1 < cr.total
-        return self.page_size > 0 and len(page.entries) >= self.page_size
+        if self.page_size > 0:
+            return len(page.entries) >= self.page_size  # a full page: there may be more
+        # No Range sent, no Content-Range back: a server cap (Exchange's 512) would be silent,
+        # so loop until a manifest brings nothing (spec §13.14).
+        return bool(page.entries)
 
     def describe(self, kind: str, n: int, page: Page) -> str:
         r = page.response

@@ -699,9 +699,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _manifest(self, path: str, req: Any, sql_text: str | None) -> None:
         """A manifest request, SEARCH or PROPFIND form (spec §8)."""
-        if req.nonstandard_ns:
-            # §13.1: accepted (real Exchange would not recognise it), and logged.
-            self.server.log(f"note: non-canonical repl namespace {req.nonstandard_ns} accepted")
+        # Accepted but logged: a missing R:collblob read as an initial sync (§13.6), the https
+        # or slash-less repl namespace (§13.1; real Exchange would not recognise it), ...
+        for note in req.notes:
+            self.server.log(f"note: {self.command} {path}: {note}")
         since: collblob.State | None = None
         if req.token is not None:  # None covers every empty form of §13.6
             try:
