@@ -630,8 +630,18 @@ def _text_collections(a: Analysis, width: int, paint: Callable[[str, str], str])
             out += textwrap.wrap(
                 clean(c.scope),
                 len(indent) + room,
-                initial_indent=indent + "scope ",
-                subsequent_indent=indent + "      ",
+                initial_indent=indent + "scope   ",
+                subsequent_indent=indent + "        ",
+            )
+        if c.clients:
+            named = [f"{clean(k)} ×{v:,}" for k, v in c.clients.most_common(4)]
+            if len(c.clients) > 4:
+                named.append(f"and {len(c.clients) - 4:,} more")
+            out += textwrap.wrap(
+                ", ".join(named),
+                len(indent) + room,
+                initial_indent=indent + "clients ",
+                subsequent_indent=indent + "        ",
             )
         for sev, code, n in c.anomaly_rows():
             out.append(indent + paint(f"{sev:<8}", sev) + f"{n:>4}× {clean(code)}")
@@ -692,9 +702,10 @@ def render_text(a: Analysis, *, top: int = 10, width: int = 100, color: bool = F
                 for text in (entry.meaning, "What to do: " + entry.advice):
                     out += ["           " + s for s in textwrap.wrap(text, wrap)]
             first = evs[0]
+            who = f" ({clean(first['client'])})" if first.get("client") else ""
             example = (
                 f"e.g. #{clean(first.get('seq', '?'))} flow "
-                f"{clean(str(first.get('flow', '?'))[:8])} {clean(_where(first))}: "
+                f"{clean(str(first.get('flow', '?'))[:8])}{who} {clean(_where(first))}: "
                 f"{clean(first.get('detail', ''))}"
             )
             out += textwrap.wrap(
@@ -702,7 +713,7 @@ def render_text(a: Analysis, *, top: int = 10, width: int = 100, color: bool = F
                 wrap,
                 initial_indent=" " * 11,
                 subsequent_indent=" " * 13,
-                max_lines=3,
+                max_lines=4,
                 placeholder=" …",
             )
     else:
