@@ -564,6 +564,12 @@ def test_repltap_serve_persists_and_stops_cleanly(tmp_path: Path) -> None:
         r = conn.getresponse()
         first_tag = r.getheader("ResourceTag")
         assert r.status == 200 and r.read() == b"Subject: Hi\r\n\r\nHello Bob\r\n"
+        conn.request(
+            "SEARCH",
+            "/exchange/bob/Inbox/",
+            manifest_body(SQL.format(path="/exchange/bob/Inbox/"), None),
+        )
+        first_manifest = conn.getresponse().read()
         conn.close()
     finally:
         p.send_signal(signal.SIGTERM)
@@ -578,6 +584,15 @@ def test_repltap_serve_persists_and_stops_cleanly(tmp_path: Path) -> None:
         r = conn.getresponse()
         assert r.status == 200 and r.getheader("ResourceTag") == first_tag
         r.read()
+        conn.close()
+        # A collblob issued before the restart is still good: same key, same incarnation.
+        blob = re.search(rb"collblob>([^<]+)<", first_manifest)
+        assert blob is not None
+        body = manifest_body(SQL.format(path="/exchange/bob/Inbox/"), blob.group(1).decode())
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("SEARCH", "/exchange/bob/Inbox/", body)
+        r = conn.getresponse()
+        assert r.status == 207 and re.search(rb"<[a-z]+:repl/>", r.read())
         conn.close()
     finally:
         p.terminate()
