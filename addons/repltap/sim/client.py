@@ -350,10 +350,10 @@ class Report:
     """What a round did."""
 
     downloaded: int = 0
-    uploaded: int = 0
+    uploaded: int = 0  # PUTs and MOVEs
     removed_local: int = 0
-    deleted_remote: int = 0
-    moved: int = 0
+    deleted_remote: int = 0  # DELETEs
+    moved: int = 0  # moves made on the server, applied here
     resyncs: int = 0
     conflicts: list[str] = field(default_factory=list)
     manifests: int = 0
@@ -446,15 +446,16 @@ class Sync:
             self.save()
             self.http.close()
         r = self.report
-        bits = [f"{len(state.items)} items in the store"]
+        n_items = len(state.items)
+        bits = [f"{n_items} item{'' if n_items == 1 else 's'} in the store"]
         for n, word in (
             (r.downloaded, "downloaded"),
             (r.uploaded, "uploaded"),
-            (r.moved, "moved"),
+            (r.moved, "moved on the server"),
             (r.deleted_remote, "deleted on the server"),
             (r.removed_local, "removed locally"),
-            (len(r.conflicts), "conflicts"),
-            (r.resyncs, "full resyncs"),
+            (len(r.conflicts), "conflict" if len(r.conflicts) == 1 else "conflicts"),
+            (r.resyncs, "full resync" if r.resyncs == 1 else "full resyncs"),
         ):
             if n:
                 bits.append(f"{n} {word}")
@@ -795,7 +796,7 @@ class Sync:
         if rep.status in (200, 204, 404):
             # The DELETE's ResourceTag is ignored (spec §13.19).
             del self.state.items[item.uid]
-            self.report.uploaded += 1
+            self.report.deleted_remote += 1
             self.say(f"  ✗ DELETE {item.name} if {short_token(item.tag, 6)} → {rep.status}")
         elif rep.status == 412:
             restored = self.refetch(item)
