@@ -367,6 +367,7 @@ def test_caldav_scenario(peer_name: str, mode: str, tmp_path: Path, mitm_confdir
         assert "removed-in-initial-sync" in codes[0]
         first = reports[0].response
         assert first is not None and first.http_version == "HTTP/1.0"
+        assert first.headers.get("Content-Encoding") == "gzip"  # decoded all the same
         body = first.get_text() or ""
         assert SEED_NAME in body and "404 Not Found" in body
         assert body.index("sync-token>") < body.index("<response>")  # the token comes first
@@ -400,6 +401,7 @@ def test_caldav_scenario(peer_name: str, mode: str, tmp_path: Path, mitm_confdir
         last = reports[-1].response
         assert last is not None and last.status_code == 412
         assert "responsedescription" in (last.get_text() or "")
+        assert last.headers["Content-Type"] == 'text/xml; encoding="utf-8"'  # sic: not charset
 
 
 # ----------------------------------------------------------------------------- caldav-server-tester
