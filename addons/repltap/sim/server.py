@@ -74,9 +74,7 @@ from .store import (
     RangeNotSatisfiable,
     Resource,
     Store,
-    name_of,
     norm_path,
-    parent_of,
 )
 
 MAX_BODY = 64 * 1024 * 1024
@@ -1000,8 +998,6 @@ __all__ = [
     "ReplServer",
     "Settings",
     "add_arguments",
-    "name_of",
-    "parent_of",
     "run",
     "serve_in_thread",
     "stop_server",

@@ -17,7 +17,7 @@ Supported (everything else is refused with :class:`SqlError`, answered as 400 wi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -422,8 +422,3 @@ def parse(sql: str) -> Query:
     # The binding is the text from FROM on, as the protocol core's parse_sql normalises it, so
     # that only the SELECT list may change between manifest requests (spec §8.2, §13.8).
     return Query(columns, depth, url, where, text[from_tok.pos :], text)
-
-
-def typed(props: Mapping[str, Value], name: str) -> Value:
-    """A property getter for :meth:`Query.matches` over a plain mapping."""
-    return props.get(name)
