@@ -15,6 +15,7 @@ import codecs
 import gzip
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -165,14 +166,17 @@ def _parse_jsonl(name: str, data: bytes) -> tuple[list[Event], list[str]]:
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
 
 
 def severity_of(ev: Event) -> str:
     """An anomaly's severity: its own, else the catalogue's, else ``warning``."""
     s = ev.get("severity")
-    if s in _SEV_RANK:
-        return str(s)
+    if isinstance(s, str) and s in _SEV_RANK:
+        return s
     a = CATALOGUE.get(str(ev.get("code")))
     return a.severity if a else "warning"
 
@@ -206,7 +210,7 @@ class Node:
     def changes(self) -> dict[str, int]:
         ch = self.ev.get("changes")
         ch = ch if isinstance(ch, dict) else {}
-        return {k: int(ch.get(k) or 0) for k in CHANGE_KINDS}
+        return {k: v if isinstance(v := ch.get(k), int) and v > 0 else 0 for k in CHANGE_KINDS}
 
     @property
     def outcome(self) -> str:
