@@ -453,6 +453,7 @@ class Tracker:
         emit(
             "manifest",
             **where,
+            client=client,
             method=s["method"],
             status=status,
             sent=sent,
@@ -471,6 +472,14 @@ class Tracker:
             emit("token", **where, **{"from": sent, "to": None}, kind="rejected")
             for rec in c.issued.get(sent or "", []):
                 rec.rejected = True
+            # The collection may have been re-created (spec §8.5): its items come back with new
+            # repl-uids at the same hrefs, which is no identity change.
+            known = self.resources.get(c.upstream, {})
+            for path in c.items.values():
+                r = known.get(path)
+                if r is not None:
+                    r.deleted = True
+            c.items.clear()
             if c.holding.get(client) == sent:
                 del c.holding[client]
             c.last_page = None
@@ -661,7 +670,8 @@ class Tracker:
                         emit,
                         "delete-without-uid",
                         **where,
-                        detail=f"a delete entry (href {href!r}) has no repl-uid",
+                        detail=f"a delete entry ({f'href {href!r}' if href else 'no href'}) "
+                        "has no repl-uid",
                     )
                 path = c.items.pop(uid, None) if uid else None
                 if path is None and href:
