@@ -9,6 +9,7 @@ Order matters: each flow is decoded before it is tracked, and tracked before it 
 
 from mitmproxy import contentviews
 
+from repltap.mitm.cache import Cache
 from repltap.mitm.contentview import WebDAVReplicationContentview
 from repltap.mitm.decode import Decode
 from repltap.mitm.log import Log
@@ -17,4 +18,5 @@ from repltap.mitm.track import Track
 contentviews.add(WebDAVReplicationContentview)
 
 log = Log()
-addons = [Decode(), Track(sinks=[log]), log]
+cache = Cache()  # after Decode (looks up decoded requests), before Track (sees what is sent)
+addons = [Decode(), cache, Track(sinks=[log]), log]
