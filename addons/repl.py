@@ -12,6 +12,7 @@ from mitmproxy import contentviews
 from repltap.mitm.cache import Cache
 from repltap.mitm.contentview import WebDAVReplicationContentview
 from repltap.mitm.decode import Decode
+from repltap.mitm.faults import Faults
 from repltap.mitm.log import Log
 from repltap.mitm.track import Track
 
@@ -19,4 +20,5 @@ contentviews.add(WebDAVReplicationContentview)
 
 log = Log()
 cache = Cache()  # after Decode (looks up decoded requests), before Track (sees what is sent)
-addons = [Decode(), cache, Track(sinks=[log]), log]
+faults = Faults()  # after Cache (which stores the server's own answers), before Track
+addons = [Decode(), cache, faults, Track(sinks=[log]), log]
