@@ -9,6 +9,7 @@ from mitmproxy import http, io
 
 from .mitm.decode import decode_flow
 from .mitm.track import flow_context
+from .protocol import Hints
 from .tracker import Tracker
 
 
@@ -23,9 +24,10 @@ def events_from_flows(
 ) -> list[dict[str, Any]]:
     """Decode and track flows in order; the events, as the live run logged them."""
     tracker = tracker or Tracker()
+    hints = Hints()
     out: list[dict[str, Any]] = []
     for flow in flows:
-        s = decode_flow(flow)
+        s = decode_flow(flow, hints=hints)
         if s is None:
             continue
         ts, client = flow_context(flow)

@@ -97,14 +97,20 @@ def one_line(s: dict[str, Any]) -> str:
             parts.append(f"rows {span}{total}")
     else:
         cond = req.get("condition") or {}
-        bits = [*cond.get("tags", []), *cond.get("uids", [])]
-        bits += [f"Not {t}" for t in (*cond.get("not_tags", []), *cond.get("not_uids", []))]
-        if cond.get("if_match"):
-            bits.append(f"If-Match {cond['if_match']}")
-        if cond.get("if_none_match"):
-            bits.append(f"If-None-Match {cond['if_none_match']}")
+        bits = [short_token(t, 8) for t in (*cond.get("tags", []), *cond.get("uids", []))]
+        bits += [
+            f"Not {short_token(t, 8)}"
+            for t in (*cond.get("not_tags", []), *cond.get("not_uids", []))
+        ]
+        for key, header in (
+            ("if_match", "If-Match"),
+            ("if_none_match", "If-None-Match"),
+            ("if_schedule_tag_match", "If-Schedule-Tag-Match"),
+        ):
+            if cond.get(key):
+                bits.append(f"{header} {short_token(cond[key], 8)}")
         if bits:
-            parts.append("if " + " ".join(short_token(b, 8) for b in bits))
+            parts.append("if " + " ".join(bits))
         if resp is not None:
             answer = f"{resp['status']} {resp['meaning']}"
             if resp.get("tag"):

@@ -737,6 +737,8 @@ class Tracker:
         uid: str | None = None,
     ) -> None:
         """A resource deleted (or moved away): its history closes with no tag."""
+        if r.deleted:
+            return  # already gone: a removal reported again (RFC 6578 re-lists 404s)
         if r.tag is not None or r.uid is not None:
             emit(
                 "tag",
@@ -804,11 +806,20 @@ class Tracker:
         if s["protocol"] == "rfc6578" and cond.get("if_match") and cond["if_match"] != "*":
             tags.append(cond["if_match"])
         uids: list[str] = list(cond.get("uids") or [])
+        # A CalDAV schedule tag is a condition too, in a tag space of its own (RFC 6638 §3.2):
+        # it counts against lost updates and for conflicts, never as a stale ETag.
+        schedule_tag = cond.get("if_schedule_tag_match")
         known = self.resources.get(upstream, {}).get(path)
-        write = s["kind"] in ("upload", "delete", "move", "copy") and method != "POST"
+        rfc = s["protocol"] == "rfc6578"
+        if rfc:
+            # RFC 6578 clients condition content writes on ETags; properties have no such tags.
+            write = method in ("PUT", "DELETE", "MOVE", "COPY")
+        else:
+            write = s["kind"] in ("upload", "delete", "move", "copy") and method != "POST"
 
         if write and known is not None and not known.deleted and (known.tag or known.uid):
-            if not (tags or uids or cond.get("if_match") or cond.get("if_none_match")):
+            conditioned = tags or uids or schedule_tag
+            if not (conditioned or cond.get("if_match") or cond.get("if_none_match")):
                 self._anomaly(
                     emit,
                     "unconditional-write",
@@ -838,7 +849,8 @@ class Tracker:
         if resp is None:
             return
         status = resp["status"]
-        if status == 412 and (tags or uids or cond.get("if_match")):
+        sent: str | None = (tags or uids)[0] if (tags or uids) else schedule_tag
+        if status == 412 and sent is not None:
             r = self._resource(upstream, path)
             if r.failed is None:
                 r.failed = {}
@@ -849,7 +861,7 @@ class Tracker:
                 resource=path,
                 upstream=upstream,
                 method=method,
-                sent=(tags or uids)[0] if (tags or uids) else cond.get("if_match"),
+                sent=sent,
                 current=r.tag,
                 status=status,
             )
@@ -882,6 +894,8 @@ class Tracker:
                 )
         tag = resp.get("tag")
         uid = resp.get("uid")
+        if rfc and uid is None and tag is not None:
+            uid = path  # the href is the identity in RFC 6578, as in its manifests
         if tag is not None or uid is not None:
             target = path
             if method == "POST" and resp.get("location"):

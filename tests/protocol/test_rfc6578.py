@@ -81,7 +81,7 @@ def test_radicale_answer() -> None:
     ]
     assert resp.changes == {"new": 0, "change": 1, "delete": 1}
     s = summarise(req, resp)
-    assert s["summary"] == "manifest /alice/cal/: sync-token ∅ → http…8c1f, 1 change, 1 delete"
+    assert s["summary"] == "manifest /alice/cal/: sync-token ∅ → …/8c1f, 1 change, 1 delete"
 
 
 def test_xandikos_answer_token_after_members_and_404_propstat() -> None:

@@ -99,15 +99,24 @@ def _describe_request(s: dict[str, Any]) -> list[str]:
             lines.append("select: " + ", ".join(req["select"]))
         if req.get("props"):
             lines.append("props: " + ", ".join(req["props"]))
-        ack = req.get("acknowledged") or []
-        lines.append(f"acknowledged tags (resourcetaglist): {len(ack)}")
-        lines += [f"  {t}" for t in ack]
+        if s["protocol"] == "exchange":
+            ack = req.get("acknowledged") or []
+            lines.append(f"acknowledged tags (resourcetaglist): {len(ack)}")
+            lines += [f"  {t}" for t in ack]
+        else:
+            if req.get("sync_level"):
+                lines.append(f"sync-level: {req['sync_level']}")
+            if req.get("limit") is not None:
+                lines.append(f"limit: {req['limit']} results")
+            if req.get("depth") is not None:
+                lines.append(f"depth: {req['depth']}")
     if req.get("range"):
         lines.append("range: rows=" + ",".join(req["range"]))
     cond = req.get("condition")
     if cond:
         lines.append(f"condition: {cond.get('raw_if') or ''}".rstrip())
         for k, label in (
+            ("if_schedule_tag_match", "If-Schedule-Tag-Match"),
             ("tags", "resource tag"),
             ("uids", "repl-uid"),
             ("not_tags", "Not tag"),

@@ -40,8 +40,16 @@ def _body(message: http.Message) -> tuple[bytes | None, str | None]:
         return None, f"the Content-Encoding cannot be decoded: {e}"
 
 
-def decode_flow(flow: http.HTTPFlow, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any] | None:
-    """Decode a finished flow on its own (offline use); the summary, or None if not relevant."""
+def decode_flow(
+    flow: http.HTTPFlow,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    hints: protocol.Hints | None = None,
+) -> dict[str, Any] | None:
+    """Decode a finished flow on its own (offline use); the summary, or None if not relevant.
+
+    Pass the same ``hints`` for every flow of a session, in order, as the live decoder keeps.
+    """
+    upstream = upstream_of(flow)
     body, _ = _body(flow.request)
     req = protocol.decode_request(
         flow.request.method, flow.request.path, flow.request.headers, body, max_bytes=max_bytes
@@ -50,12 +58,19 @@ def decode_flow(flow: http.HTTPFlow, max_bytes: int = DEFAULT_MAX_BYTES) -> dict
     if flow.response is not None:
         rbody, _ = _body(flow.response)
         resp = protocol.decode_response(
-            req, flow.response.status_code, flow.response.headers, rbody, max_bytes=max_bytes
+            req,
+            flow.response.status_code,
+            flow.response.headers,
+            rbody,
+            max_bytes=max_bytes,
+            hint=hints.get(upstream) if hints else None,
         )
+    if hints is not None:
+        hints.learn(upstream, req, resp)
     if not is_relevant(req, resp):
         return None
     error = flow.error.msg if flow.error else None
-    return summarise(req, resp, upstream=upstream_of(flow), error=error)
+    return summarise(req, resp, upstream=upstream, error=error)
 
 
 class Decode:
@@ -64,6 +79,7 @@ class Decode:
     def __init__(self) -> None:
         self.filter: flowfilter.TFilter | None = None
         self.pending: dict[str, Request] = {}
+        self.hints = protocol.Hints()
         self.decoded = 0
 
     def load(self, loader: Any) -> None:
@@ -123,13 +139,16 @@ class Decode:
         if req is None or flow.response is None:
             return
         body, why = _body(flow.response)
+        upstream = upstream_of(flow)
         resp = protocol.decode_response(
             req,
             flow.response.status_code,
             flow.response.headers,
             body,
             max_bytes=ctx.options.repl_max_body,
+            hint=self.hints.get(upstream),
         )
+        self.hints.learn(upstream, req, resp)
         if why is not None and req.manifest:
             resp.notes.append(f"response body not decoded: {why}")
         if is_relevant(req, resp):

@@ -16,6 +16,7 @@ from .xml import DEFAULT_MAX_BYTES, Undecodable
 __all__ = [
     "Condition",
     "Entry",
+    "Hints",
     "Request",
     "Response",
     "Scope",
@@ -47,6 +48,28 @@ def decode_request(
     return exchange.decode_request(method, target, headers, body, max_bytes=max_bytes)
 
 
+class Hints:
+    """What each upstream has shown it speaks, so that its plain WebDAV traffic (a DELETE with
+    no condition, a PROPPATCH) is read in the same protocol. Fed in flow order, live and
+    offline alike."""
+
+    def __init__(self) -> None:
+        self.by_upstream: dict[str, str] = {}
+
+    def get(self, upstream: str | None) -> str | None:
+        """The protocol ``upstream`` speaks, if it has shown it."""
+        return self.by_upstream.get(upstream or "")
+
+    def learn(self, upstream: str | None, req: Request, resp: Response | None) -> None:
+        """Remember what a decoded flow shows of its upstream."""
+        if upstream is None:
+            return
+        if req.manifest:
+            self.by_upstream[upstream] = req.protocol
+        elif resp is not None and req.protocol == "exchange" and (resp.tag or resp.uid):
+            self.by_upstream[upstream] = "exchange"
+
+
 def decode_response(
     req: Request,
     status: int,
@@ -54,30 +77,34 @@ def decode_response(
     body: bytes | None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    hint: str | None = None,
 ) -> Response:
     """Decode the answer to ``req``; may settle ``req.protocol`` to ``rfc6578``.
 
     A non-manifest request with no rt:/rid: condition, answered without ResourceTag/Repl-UID
-    and without the repl namespace, but with an ETag (or a PROPFIND multistatus), is plain
-    WebDAV as CalDAV/CardDAV servers speak it: its ETag is the tag RFC 6578 clients follow.
+    and without the repl namespace, is plain WebDAV as CalDAV/CardDAV servers speak it when its
+    upstream is known to (``hint``), or when the answer carries an ETag (or is a PROPFIND
+    multistatus) or the condition names a real ETag: its ETag is what RFC 6578 clients follow.
     """
     if req.protocol == "rfc6578":
         return rfc6578.decode_response(req, status, headers, body, max_bytes=max_bytes)
-    if not req.manifest and _plain_dav(req, HeaderView.of(headers), body):
+    if not req.manifest and _plain_dav(req, HeaderView.of(headers), body, hint):
         req.protocol = "rfc6578"
         return rfc6578.decode_response(req, status, headers, body, max_bytes=max_bytes)
     return exchange.decode_response(req, status, headers, body, max_bytes=max_bytes)
 
 
-def _plain_dav(req: Request, h: HeaderView, body: bytes | None) -> bool:
+def _plain_dav(req: Request, h: HeaderView, body: bytes | None, hint: str | None) -> bool:
     if req.condition.tags or req.condition.uids or req.condition.not_tags:
         return False
-    if req.method in ("GET", "HEAD", "SEARCH", "POST"):
-        return False  # every web server sends ETags on GET: not evidence of a sync client
     if h.get("resourcetag") is not None or h.get("repl-uid") is not None:
         return False
     if body and _REPL_MARK in body:
         return False
-    if req.condition.if_match not in (None, "*"):
+    if hint == "rfc6578":
+        return True
+    if req.method in ("GET", "HEAD", "SEARCH", "POST"):
+        return False  # every web server sends ETags on GET: not evidence of a sync client
+    if req.condition.if_match not in (None, "*") or req.condition.if_schedule_tag_match:
         return True  # a real ETag in the condition: the client follows ETags
     return h.get("etag") is not None or (req.method == "PROPFIND" and bool(body))

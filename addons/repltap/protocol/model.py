@@ -81,6 +81,10 @@ def short_token(token: str | None, keep: int = 6) -> str:
         return "∅"
     if len(token) <= 2 * keep + 3:
         return token
+    if "://" in token and not token.endswith("/"):
+        # URI tokens share their scheme and host (http://radicale.org/ns/sync/…): show the end
+        last = token.rsplit("/", 1)[1]
+        return "…/" + (last if len(last) <= 2 * keep + 3 else f"{last[:keep]}…{last[-keep:]}")
     return f"{token[:keep]}…{token[-keep:]}"
 
 
@@ -107,15 +111,18 @@ class Condition:
     etags: tuple[str, ...] = ()  # entity tags inside If lists
     if_match: str | None = None
     if_none_match: str | None = None
+    if_schedule_tag_match: str | None = None  # CalDAV scheduling (RFC 6638): Xandikos enforces it
 
     @property
     def empty(self) -> bool:
         """True when the request names no condition at all."""
-        return not (self.raw_if or self.if_match or self.if_none_match)
+        return not (
+            self.raw_if or self.if_match or self.if_none_match or self.if_schedule_tag_match
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
-        for k in ("raw_if", "if_match", "if_none_match"):
+        for k in ("raw_if", "if_match", "if_none_match", "if_schedule_tag_match"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         for k in ("tags", "uids", "not_tags", "not_uids", "etags"):

@@ -153,7 +153,10 @@ def _read_multistatus(req: Request, resp: Response, root: etree._Element) -> Non
         if status == 507 and href is not None and normalise_path(href) == target:
             resp.truncated = True  # RFC 6578 §3.6: more changes than the limit allowed
             continue
-        entry: Entry = {"type": "change", "href": href, "tag": None, "uid": href}
+        # The href is the identity (RFC 6578 has no stable id); some servers write it absolute,
+        # from a Host header a proxy may have set (Xandikos), so the uid is its normalised path.
+        uid = normalise_path(href) if href is not None else None
+        entry: Entry = {"type": "change", "href": href, "tag": None, "uid": uid}
         if status is not None:
             entry["status"] = status
             if status == 404:

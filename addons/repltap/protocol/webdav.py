@@ -47,6 +47,7 @@ def read_condition(h: HeaderView, notes: list[str]) -> Condition:
         etags=tuple(etags),
         if_match=h.get("if-match"),
         if_none_match=h.get("if-none-match"),
+        if_schedule_tag_match=h.get("if-schedule-tag-match"),
     )
 
 
