@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .protocol.model import normalise_path
 
@@ -195,7 +195,7 @@ def key_of(ident: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def is_manifest_request(s: Any) -> bool:
+def is_manifest_request(s: Any) -> TypeGuard[dict[str, Any]]:
     """Whether a flow summary is a decoded manifest request."""
     return (
         isinstance(s, dict)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions, http
+from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
 from repltap.mitm.cache import Cache
@@ -76,6 +77,20 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
         assert cache.db is not None and cache.mode == "offline"
         tctx.configure(cache, repl_cache=None, repl_cache_mode="observe")
         assert cache.db is None
+
+
+def test_reverse_mode_with_eager_connections_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = Cache()
+    with taddons.context(Proxyserver(), cache) as tctx:
+        tctx.options.update(mode=["reverse:http://127.0.0.1:1"], connection_strategy="eager")
+        tctx.configure(cache, repl_cache=str(tmp_path / "c.db"), repl_cache_mode="serve")
+        assert "add --set connection_strategy=lazy" in caplog.text
+        caplog.clear()
+        tctx.options.update(connection_strategy="lazy")
+        assert "connection_strategy" not in caplog.text
+        cache.done()
 
 
 # ----------------------------------------------------------------------------- observe
@@ -264,6 +279,22 @@ async def test_offline_serves_when_the_upstream_is_down(tmp_path: Path) -> None:
         assert "⛁ cache offline-serve: the upstream cannot be reached" in f.comment
         [ev] = [e for e in c.events() if e["kind"] == "offline-serve"]
         assert ev["flow"] == f.id and "refused" in ev["cause"].lower()
+
+
+async def test_offline_probes_the_upstream_proxy_in_upstream_mode(
+    tmp_path: Path, listening: int
+) -> None:
+    # In upstream-proxy mode mitmproxy connects to the next proxy, not to the origin.
+    down = closed_port()
+    with Chain(tmp_path, repl_cache_mode="offline") as c:
+        c.cache.mode = "observe"
+        await c.run(search("T1", host="127.0.0.1", port=listening), manifest_answer("T2"))
+        c.cache.mode = "offline"
+        f = search("T1", host="127.0.0.1", port=listening)
+        f.server_conn.via = ("http", ("127.0.0.1", down))
+        await c.run(f, None)
+        assert f.metadata["repl"]["cache"]["kind"] == "offline-serve"
+        assert f.metadata["repl"]["cache"]["cause"] == f"Connection refused: 127.0.0.1:{down}"
 
 
 async def test_offline_never_makes_up_a_manifest(tmp_path: Path) -> None:

@@ -66,7 +66,6 @@ class _Db:
             self.pool.shutdown(wait=False)
             raise
         self.path = path
-        self.salt = self.store.salt
 
     async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run ``fn`` on the worker; the event loop serves other flows meanwhile."""
@@ -105,7 +104,6 @@ class Cache:
         self.ttl = DEFAULT_TTL
         self.pending: dict[str, dict[str, Any]] = {}  # flow id -> the flow's cache record
         self.just_stored: dict[str, dict[str, Any]] = {}  # the records of flows just stored
-        self.counts = dict.fromkeys(("hit", "store", "miss", "offline-serve", "drop"), 0)
 
     # ---------------------------------------------------------------- options
 
@@ -171,8 +169,10 @@ class Cache:
     def _warn_eager(self) -> None:
         if self.db is None or self.mode == "observe":
             return
-        reverse = any(str(m).startswith("reverse:") for m in ctx.options.mode)
-        if reverse and ctx.options.connection_strategy == "eager":
+        # Both options belong to mitmproxy's proxy server, which a bare test context lacks.
+        modes = getattr(ctx.options, "mode", None) or []
+        reverse = any(str(m).startswith("reverse:") for m in modes)
+        if reverse and getattr(ctx.options, "connection_strategy", None) == "eager":
             logger.warning(
                 "repl_cache_mode=%s in reverse proxy mode: add --set connection_strategy=lazy, "
                 "or mitmproxy connects to the upstream before repltap can answer (and drops "
@@ -238,12 +238,13 @@ class Cache:
             why = "the cache never saw an initial sync of this collection asked this way"
         else:
             why = f"the cache never saw this {token_word}"
+        # The first line says it all: clients tend to show only that.
         body = (
-            f"503 Service Unavailable: repltap's cache (offline mode) cannot answer.\n"
-            f"The upstream {upstream} cannot be reached ({down}), and {why}: "
-            f"{token_word} {token!r}, collection {collection}.\n"
-            f"A made-up manifest would break the client's token chain; try again when the "
-            f"server is back.\n"
+            f"repltap's cache cannot answer: the upstream {upstream} cannot be reached "
+            f"({down}), and {why}.\n"
+            f"{token_word}: {token!r}; collection: {collection}; mode: offline.\n"
+            "A made-up manifest would break the client's token chain; try again when the "
+            "server is back.\n"
         )
         flow.response = http.Response.make(
             503, body.encode(), {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "30"}
@@ -424,9 +425,7 @@ class Cache:
         decode = ctx.master.addons.get("decode")
         if decode is not None:
             decode.refresh(flow)  # so that what is summarised and tracked is what is sent
-            new = flow.metadata.get(META_KEY)
-            if isinstance(new, dict):
-                self._attach(flow, rec)
+            self._attach(flow, rec)  # onto the new summary
         self.pending.pop(flow.id, None)
         return True
 
@@ -506,7 +505,6 @@ class Cache:
         self._attach(flow, rec)
 
     def _emit(self, flow: http.HTTPFlow, s: dict[str, Any], kind: str, **fields: Any) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
         where: dict[str, Any] = {"collection": s.get("collection"), "upstream": s.get("upstream")}
         track = ctx.master.addons.get("track")
         if track is not None:
@@ -626,8 +624,8 @@ async def _unreachable(flow: http.HTTPFlow) -> str | None:
     sc = flow.server_conn
     if sc is not None and sc.connected:
         return None
-    via = sc.via if sc is not None else None
-    host, port = via.address if via is not None else (flow.request.host, flow.request.port)
+    via = sc.via if sc is not None else None  # upstream-proxy mode: (scheme, (host, port))
+    host, port = via[1] if via is not None else (flow.request.host, flow.request.port)
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
     except TimeoutError:
