@@ -15,12 +15,19 @@ from repltap.sim.store import Store
 
 
 class CountingServer(ReplServer):
-    """A ReplServer that keeps the request line of every answer it sends."""
+    """A ReplServer that keeps the request line of every answer it sends, and counts the TCP
+    connections it accepts."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.requests: list[str] = []
+        self.connections = 0
         self._count_lock = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._count_lock:
+            self.connections += 1
+        return True
 
     def log(self, line: str) -> None:
         # Handler.log_request writes '"METHOD /path" status' for every answer sent.

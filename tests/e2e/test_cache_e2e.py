@@ -159,12 +159,13 @@ def test_serve_hit_spares_the_upstream_a_request(tmp_path: Path, mitm_confdir: s
             store = tmp_path / "store"
             first = sync(base, store, out=lambda _line: None)
             assert first.downloaded == 5 and first.manifests == 2
-            asked = server.count()
+            asked, connected = server.count(), server.connections
             assert server.count("SEARCH") == 2 and asked == 7  # 2 manifests, 5 downloads
             lines: list[str] = []
-            again = sync(base, store, out=lines.append)
+            again = sync(base, store, out=lines.append)  # a new client connection
             assert again.manifests == 1 and any("no changes" in line for line in lines)
             assert server.count() == asked  # the manifest was answered by the cache
+            assert server.connections == connected  # and no upstream connection was opened
         finally:
             stop_clean(proxy)
     kinds = [e["kind"] for e in cache_events(tmp_path)]
