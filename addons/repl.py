@@ -14,6 +14,8 @@ from repltap.mitm.contentview import WebDAVReplicationContentview
 from repltap.mitm.decode import Decode
 from repltap.mitm.faults import Faults
 from repltap.mitm.log import Log
+from repltap.mitm.record import Record
+from repltap.mitm.replay import Replay
 from repltap.mitm.track import Track
 
 contentviews.add(WebDAVReplicationContentview)
@@ -21,4 +23,6 @@ contentviews.add(WebDAVReplicationContentview)
 log = Log()
 cache = Cache()  # after Decode (looks up decoded requests), before Track (sees what is sent)
 faults = Faults()  # after Cache (which stores the server's own answers), before Track
-addons = [Decode(), cache, faults, Track(sinks=[log]), log]
+replay = Replay()  # right after Decode: answers in the request hook, before cache and faults
+record = Record()  # last: writes the final flows, with every other addon's marks
+addons = [Decode(), replay, cache, faults, Track(sinks=[log]), log, record]
