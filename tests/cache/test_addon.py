@@ -119,6 +119,7 @@ async def test_serve_hit_answers_the_stored_bytes_without_the_upstream(tmp_path:
         assert first.response is not None and hit.response.content == first.response.content
         assert hit.response.headers["X-Server"] == "exchange"
         assert hit.response.headers["Age"] == "0"
+        assert hit.metadata["repl.synthetic"] == "cache"  # not the upstream's: others can tell
         mark = hit.metadata["repl"]["cache"]
         assert (mark["kind"], mark["from_flow"], mark["received"]) == ("hit", first.id, "T2")
         assert "⛁ cache hit: the upstream was not asked; answered from the cache" in hit.comment
@@ -234,6 +235,30 @@ async def test_answers_from_a_server_replay_or_a_recording_are_not_stored(tmp_pa
         recorded.live = False
         await c.run(recorded, manifest_answer("T2"))
         assert c.kinds() == [] and c.call("answer_keys") == set()
+
+
+async def test_an_answer_another_addon_made_up_is_never_stored_nor_replaced(
+    tmp_path: Path, listening: int
+) -> None:
+    class Answers:  # like the fault injector answering a page itself, after the cache
+        def __init__(self, response: http.Response) -> None:
+            self.response_ = response
+
+        def request(self, flow: http.HTTPFlow) -> None:
+            flow.response = self.response_
+            flow.metadata["repl.synthetic"] = "answers"
+
+    with Chain(tmp_path, repl_cache_mode="offline") as c:
+        await c.run(search("T1", host="127.0.0.1", port=listening), manifest_answer("T2"))
+        made_up = Answers(manifest_answer("MINTED"))
+        c.tctx.master.addons.add(made_up)
+        f = await c.run(search("M1", host="127.0.0.1", port=listening), None)
+        assert f.metadata["repl"]["response"]["token"] == "MINTED"
+        made_up.response_ = manifest_answer(None, status=503)  # an injected "server error"
+        g = await c.run(search("T1", host="127.0.0.1", port=listening), None)
+        assert g.response is not None and g.response.status_code == 503  # left as injected
+        assert c.kinds() == ["store"] and len(c.call("answer_keys")) == 1
+        assert "cache" not in f.metadata["repl"] and "cache" not in g.metadata["repl"]
 
 
 async def test_an_answer_killed_after_it_was_stored_is_forgotten(tmp_path: Path) -> None:

@@ -53,6 +53,10 @@ PROBE_TIMEOUT = 2.0
 _MAX_PENDING = 10_000
 _MAX_JUST_STORED = 1_000
 COMMENT_MARK = "⛁"
+# Set (to the addon's name) on a flow an addon answered itself, in the request phase: that
+# answer is not the upstream's, so it must never be stored, nor taken for the upstream's 5xx.
+# Server replay says the same with ``flow.is_replay == "response"``.
+SYNTHETIC_KEY = "repl.synthetic"
 
 
 class _Db:
@@ -249,6 +253,7 @@ class Cache:
         flow.response = http.Response.make(
             503, body.encode(), {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "30"}
         )
+        flow.metadata[SYNTHETIC_KEY] = "cache"
         rec["answered_by_cache"] = True
         self._miss(flow, s, rec, f"the upstream cannot be reached ({down}) and {why}", status=503)
         self._comment(flow, f"{COMMENT_MARK} cache miss (offline): {why}; answered 503")
@@ -264,13 +269,12 @@ class Cache:
         if db is None or flow.response is None or not isinstance(s, dict):
             self.pending.pop(flow.id, None)
             return
-        if not flow.live or flow.is_replay == "response":
+        if not _from_upstream(flow):
+            self.pending.pop(flow.id, None)
             return  # only what the upstream really answered teaches the cache
-        if self.mode == "offline" and flow.response.status_code >= 500 and is_manifest_request(s):
-            if await self._offline_5xx(flow, s, db):
-                return
-            s = flow.metadata.get(META_KEY)
-            assert isinstance(s, dict)
+        offline_5xx = self.mode == "offline" and flow.response.status_code >= 500
+        if offline_5xx and is_manifest_request(s) and await self._offline_5xx(flow, s, db):
+            return
         if is_manifest_request(s):
             await self._store(flow, s, db)
             rec = self.pending.get(flow.id)
@@ -351,6 +355,7 @@ class Cache:
         resp = http.Response.make(a.status, a.body, headers)
         resp.reason = a.reason
         flow.response = resp
+        flow.metadata[SYNTHETIC_KEY] = "cache"
         rec.update(
             kind=kind,
             answered_by_cache=True,
@@ -606,6 +611,12 @@ class Cache:
         except OSError as e:
             raise exceptions.CommandError(f"cannot write {target}: {e.strerror}") from e
         return f"exported {len(doc['items'])} items of {c['upstream']}{c['collection']} to {target}"
+
+
+def _from_upstream(flow: http.HTTPFlow) -> bool:
+    """Whether the flow's answer is the upstream's own, live: not from a recording, a server
+    replay, or an addon that answered in the request phase (see SYNTHETIC_KEY)."""
+    return flow.live and flow.is_replay != "response" and not flow.metadata.get(SYNTHETIC_KEY)
 
 
 def _no_cache(flow: http.HTTPFlow) -> bool:
