@@ -26,8 +26,12 @@ def is_relevant(req: Request, resp: Response | None) -> bool:
         return True
     if req.method in _DAV_WRITES:
         return True
+    if req.problem is not None or req.malformed:
+        return True  # a SEARCH/PROPFIND/REPORT body or a header that could not be read: say so
     if resp is None:
         return False
+    if resp.problem is not None:
+        return True
     if resp.manifest or resp.tag or resp.uid or resp.invalid_token or resp.status in (210, 475):
         return True
     return any(e["tag"] or e["uid"] for e in resp.entries)

@@ -199,6 +199,27 @@ CATALOGUE: dict[str, Anomaly] = {
             "RFC 6578 §3.2",
         ),
         Anomaly(
+            "undecodable",
+            "warning",
+            "either",
+            "A replication message could not be read: not XML, malformed, cut off, too large, "
+            "in a broken encoding, carrying a DTD, or an answer that never arrived whole. It was "
+            "passed on exactly as sent.",
+            "The detail says which side and why; a DTD or entity in a protocol message is an "
+            "attack or a bug, a cut-off answer a network or server failure.",
+            "exchange §14.3; RFC 6578 §6",
+        ),
+        Anomaly(
+            "malformed-header",
+            "warning",
+            "either",
+            "A replication header (If, Range, Content-Range, DAV:limit) does not follow its "
+            "grammar, so its meaning is unknown; the message was passed on untouched.",
+            "Fix the sender: a server may ignore the condition or the range, which is how lost "
+            "updates and skipped rows begin.",
+            "exchange §6.1, §14.3",
+        ),
+        Anomaly(
             "identity-changed",
             "warning",
             "server",
@@ -360,11 +381,39 @@ class Tracker:
                 upstream=s.get("upstream"),
                 detail=f"the repl namespace is spelled {ns}",
             )
+        self._unreadable(s, emit)
         if s["kind"] == "manifest":
             self._manifest(s, emit, client, flow)
         else:
             self._resource_flow(s, emit)
         return out
+
+    def _unreadable(self, s: dict[str, Any], emit: Callable[..., dict[str, Any]]) -> None:
+        """One anomaly for each part of a flow that could not be read, saying why."""
+        where = {"upstream": s.get("upstream")}
+        if s["kind"] == "manifest":
+            where["collection"] = s.get("collection")
+        else:
+            where["resource"] = s.get("target")
+        resp = s.get("response") or {}
+        for side, part in (("request", s.get("request") or {}), ("answer", resp)):
+            u = part.get("undecodable")
+            if u:
+                self._anomaly(
+                    emit,
+                    "undecodable",
+                    **where,
+                    detail=f"the {side} body was not decoded ({u['reason']}): {u['detail']}",
+                )
+            for m in part.get("malformed") or ():
+                self._anomaly(emit, "malformed-header", **where, detail=f"{side}: {m}")
+        if s.get("error") and not resp:
+            self._anomaly(
+                emit,
+                "undecodable",
+                **where,
+                detail=f"the answer never arrived whole: {s['error']}",
+            )
 
     @staticmethod
     def _anomaly(
@@ -819,7 +868,14 @@ class Tracker:
 
         if write and known is not None and not known.deleted and (known.tag or known.uid):
             conditioned = tags or uids or schedule_tag
-            if not (conditioned or cond.get("if_match") or cond.get("if_none_match")):
+            # Any If header counts: one with only entity tags, or one too malformed to read
+            # (reported as malformed-header), is still the client asking for a condition.
+            if not (
+                conditioned
+                or cond.get("raw_if")
+                or cond.get("if_match")
+                or cond.get("if_none_match")
+            ):
                 self._anomaly(
                     emit,
                     "unconditional-write",

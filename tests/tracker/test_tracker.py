@@ -318,3 +318,48 @@ def test_readme_documents_every_anomaly_code() -> None:
     start = readme.index("<!-- anomalies:start")
     body = readme[readme.index("\n", start) + 1 : readme.index("<!-- anomalies:end -->")]
     assert body.strip() == anomaly_table(), "regenerate the README's anomaly table"
+
+
+def test_undecodable_answer_and_request() -> None:
+    from repltap import protocol
+    from repltap.summary import summarise
+
+    from .build import UPSTREAM, manifest_request
+
+    s = Session()
+    h, body = manifest_request(INBOX, None)
+    req = protocol.decode_request("SEARCH", INBOX, h, body)
+    ok = protocol.decode_response(req, 207, {}, b'<D:multistatus xmlns:D="DAV:"/>')
+    s.feed(summarise(req, ok, upstream=UPSTREAM))
+    assert s.codes() == []
+    bad = protocol.decode_response(req, 207, {}, b"<html>oops</b>")
+    s.feed(summarise(req, bad, upstream=UPSTREAM))
+    assert s.codes() == ["undecodable"]
+    assert "answer body was not decoded (malformed-xml)" in s.t.anomalies[-1]["detail"]
+    req2 = protocol.decode_request("SEARCH", INBOX, {}, b"not xml at all")
+    s.feed(summarise(req2, protocol.decode_response(req2, 400, {}, b""), upstream=UPSTREAM))
+    assert s.codes() == ["undecodable", "undecodable"]
+    assert "request body was not decoded (not-xml)" in s.t.anomalies[-1]["detail"]
+
+
+def test_malformed_header() -> None:
+    s = Session()
+    s.feed(write("PUT", INBOX + "a.EML", 201, if_="(<rt:1>)", tag=A))
+    assert s.codes() == []
+    s.feed(write("PUT", INBOX + "a.EML", 400, if_="(<rt:1>"))
+    assert s.codes() == ["malformed-header"]
+    assert "If header not read" in s.t.anomalies[-1]["detail"]
+
+
+def test_an_answer_that_never_came() -> None:
+    from repltap import protocol
+    from repltap.summary import summarise
+
+    from .build import UPSTREAM, manifest_request
+
+    s = Session()
+    h, body = manifest_request(INBOX, "T1")
+    req = protocol.decode_request("SEARCH", INBOX, h, body)
+    s.feed(summarise(req, None, upstream=UPSTREAM, error="peer closed connection"))
+    assert s.codes() == ["undecodable"]
+    assert s.t.anomalies[-1]["detail"] == "the answer never arrived whole: peer closed connection"

@@ -306,7 +306,7 @@ def decode_request(
         destination=h.get("destination"),
         overwrite=h.get("overwrite"),
     )
-    req.condition = read_condition(h, req.notes)
+    req.condition = read_condition(h, req.malformed)
     if m == "POST" and req.condition.raw_if is not None:
         req.notes.append("If is ignored on POST by Exchange (spec §9.3)")
     rng = h.get("range")
@@ -314,7 +314,7 @@ def decode_request(
         try:
             req.range = parse_range_rows(rng)
         except HeaderSyntaxError as e:
-            req.notes.append(f"malformed Range header, not read: {e}")
+            req.malformed.append(f"Range header not read: {e}")
     if m in ("SEARCH", "PROPFIND") and body:
         _decode_manifest_request(req, body, max_bytes)
     return req
@@ -397,7 +397,7 @@ def decode_response(
         try:
             resp.content_range = parse_content_range_rows(cr)
         except HeaderSyntaxError as e:
-            resp.notes.append(f"malformed Content-Range header, not read: {e}")
+            resp.malformed.append(f"Content-Range header not read: {e}")
     if status == 475:
         resp.invalid_token = True
     if req.method in ("SEARCH", "PROPFIND") and status in (206, 207) and body:

@@ -179,6 +179,7 @@ class Request:
     overwrite: str | None = None
     nonstandard_ns: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)  # headers that could not be read, why
     problem: Undecodable | None = None
 
     @property
@@ -227,6 +228,8 @@ class Request:
             d["nonstandard_ns"] = list(self.nonstandard_ns)
         if self.notes:
             d["notes"] = list(self.notes)
+        if self.malformed:
+            d["malformed"] = list(self.malformed)
         if self.problem is not None:
             d["undecodable"] = self.problem.to_dict()
         return d
@@ -252,6 +255,7 @@ class Response:
     ctag: str | None = None  # repl:contenttag / CS:getctag of a collection
     nonstandard_ns: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)  # headers that could not be read, why
     problem: Undecodable | None = None
 
     @property
@@ -294,6 +298,8 @@ class Response:
             d["nonstandard_ns"] = list(self.nonstandard_ns)
         if self.notes:
             d["notes"] = list(self.notes)
+        if self.malformed:
+            d["malformed"] = list(self.malformed)
         if self.problem is not None:
             d["undecodable"] = self.problem.to_dict()
         return d

@@ -60,7 +60,7 @@ def decode_request(
         target=normalise_path(target),
         depth=h.get("depth"),
     )
-    req.condition = read_condition(h, req.notes)
+    req.condition = read_condition(h, req.malformed)
     if not body:
         return req
     try:
@@ -87,7 +87,7 @@ def decode_request(
             if t is not None and t.isdigit() and len(t) <= 18:
                 req.limit = int(t)
             else:
-                req.notes.append(f"unreadable DAV:limit/nresults {t!r}")
+                req.malformed.append(f"DAV:limit not read: nresults is {t!r}")
     read_token(req, token_el, "no DAV:sync-token element: read as an initial sync")
     return req
 

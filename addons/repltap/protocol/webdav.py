@@ -22,7 +22,7 @@ def parse_status_line(text: str | None) -> int | None:
     return None
 
 
-def read_condition(h: HeaderView, notes: list[str]) -> Condition:
+def read_condition(h: HeaderView, malformed: list[str]) -> Condition:
     raw_if = h.get("if")
     tags: list[str] = []
     uids: list[str] = []
@@ -33,7 +33,7 @@ def read_condition(h: HeaderView, notes: list[str]) -> Condition:
         try:
             parsed = parse_if(raw_if)
         except HeaderSyntaxError as e:
-            notes.append(f"malformed If header, not read: {e}")
+            malformed.append(f"If header not read: {e}")
         else:
             tags, uids = parsed.tokens("rt:"), parsed.tokens("rid:")
             not_tags, not_uids = parsed.negated_tokens("rt:"), parsed.negated_tokens("rid:")
