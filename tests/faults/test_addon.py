@@ -150,6 +150,7 @@ async def test_status_instead_of_the_server(tmp_path: Path) -> None:
         assert f.response.headers["Retry-After"] == "30"
         assert f.metadata["repl"]["response"]["status"] == 503  # decoded like any answer
         assert lb.faults_of(f)[0]["status"] == 503
+        assert f.metadata["repl.synthetic"] == "faults"  # the cache will not store it
 
 
 @pytest.mark.parametrize("code", [500, 507, 401, 440])
@@ -161,6 +162,7 @@ async def test_status_after_the_server_did_the_work(tmp_path: Path, code: int) -
         assert res.asked_server and f.response is not None and f.response.status_code == code
         assert "resourcetag" not in f.response.headers
         assert f.metadata["repl"]["response"]["status"] == code
+        assert "repl.synthetic" not in f.metadata  # the server did answer (the cache decides)
 
 
 async def test_slow_first_byte(tmp_path: Path) -> None:
@@ -268,12 +270,14 @@ async def test_corrupt_and_swap_token(tmp_path: Path) -> None:
 
 
 async def test_stale_token_hands_out_an_older_answer_again(tmp_path: Path) -> None:
-    with lab(tmp_path, one("stale", "stale_token", "{nth: 2}")) as lb:
+    with lab(tmp_path, one("stale", "stale_token", "{nth: 1}")) as lb:
         first, a1 = manifest(None, "T1", entries(2))
         await lb.run(first, a1)
         second, a2 = manifest("T1", "T2", entries(1, "change"))
         await lb.run(second, a2)
-        assert lb.faults_of(second) == []  # nth 2 counts answers that have an older one
+        # Neither had an older answer of its own kind (an initial sync is never answered with
+        # an incremental answer, which would read as "everything is gone", nor the reverse).
+        assert lb.faults_of(first) == lb.faults_of(second) == []
         third, a3 = manifest("T2", "T3", entries(1, "delete", first=2))
         await lb.run(third, a3)
         s = third.metadata["repl"]["response"]
@@ -469,3 +473,39 @@ def test_the_option_is_validated_with_file_line_and_field(tmp_path: Path) -> Non
         assert lb.tctx.command(lb.faults.list_rules).startswith("no fault scenario loaded")
         with pytest.raises(exceptions.CommandError, match="set repl_faults first"):
             lb.tctx.command(lb.faults.reload)
+
+
+async def test_what_other_addons_put_in_the_summary_survives_a_rewrite(tmp_path: Path) -> None:
+    with lab(tmp_path, one("dup", "duplicate_entries")) as lb:
+        f, answer = manifest("T1", "T2", entries(2))
+        await lb._hook("requestheaders", f)
+        await lb._hook("request", f)
+        f.response = answer
+        await lb._hook("responseheaders", f)
+        lb.decode.response(f)
+        # The cache addon sits between Decode and Faults, and records its part here.
+        f.metadata["repl"]["cache"] = {"kind": "miss"}
+        await lb.faults.response(f)
+        assert f.metadata["repl"]["cache"] == {"kind": "miss"}
+        assert f.metadata["repl"]["fault"][0]["action"] == "duplicate_entries"
+        assert len(f.metadata["repl"]["response"]["entries"]) == 3
+
+
+async def test_faults_of_a_recorded_flow_are_logged_again_offline(tmp_path: Path) -> None:
+    """``mitmdump -nr recording -s addons/repl.py`` (no scenario): the faults recorded with a
+    flow go to the log again, in the same place among the tracker's events."""
+    with lab(tmp_path, one("retype", "{type: rewrite_changetype, to: delete, count: 1}")) as lb:
+        f, answer = manifest("T1", "T2", entries(2))
+        await lb.run(f, answer)
+        live = [e for e in lb.events() if e["flow"] == f.id]
+    recorded = f.copy()
+    recorded.id = f.id
+    recorded.live = False
+    (tmp_path / "offline").mkdir()
+    with lab(tmp_path / "offline", None) as lb:
+        for hook in ("requestheaders", "request", "responseheaders", "response"):
+            await lb._hook(hook, recorded)
+        replayed = [e for e in lb.events() if e["flow"] == f.id]
+    strip = [{k: v for k, v in e.items() if k not in ("ts", "seq")} for e in live]
+    assert [{k: v for k, v in e.items() if k not in ("ts", "seq")} for e in replayed] == strip
+    assert replayed[0]["event"] == "fault" and replayed[0]["rule"] == "retype"

@@ -531,13 +531,16 @@ class Action:
         elif self.type == "status":
             bits.append(str(p["code"]))
         elif self.type == "truncate":
-            bits.append(f"{p['bytes']} bytes" if p["bytes"] is not None else f"{p['fraction']:g}")
+            cut = f"{p['bytes']} bytes" if p["bytes"] is not None else f"{p['fraction']:.0%}"
+            bits.append(cut + (", RST" if p["rst"] else ""))
         elif self.type == "paginate":
             bits.append(f"{p['rows']} rows")
         elif self.type == "rewrite_changetype":
             bits.append(f"{p['from']}→{p['to']}")
         elif self.type in ("drop_entries", "duplicate_entries"):
-            bits.append(f"{p['fraction']:g}" if p.get("fraction") else str(p.get("count") or 1))
+            bits.append(f"{p['fraction']:.0%}" if p.get("fraction") else str(p.get("count") or 1))
+        elif self.type == "hang" and p["seconds"]:
+            bits.append(f"≤ {p['seconds']:g} s")
         if len(self.spec.phases) > 1:
             bits.append(f"({self.phase})")
         return " ".join(bits)

@@ -5,17 +5,22 @@ What may live here: the mitmproxy side of faults: hooks, the socket trick for TC
 continuation of split manifests, counters and commands. What to inject and when is decided by
 repltap.faults.scenario; answers are rewritten by repltap.faults.rewrite.
 
-Where each fault happens (hooks run in the order of ``addons`` in repl.py: Decode, then this
-addon, then Track, so each flow is decoded before it is faulted and faulted before it is
-tracked; after changing an answer this addon asks Decode to read it again, so the summary and
-the tracker see what the client receives):
+Where each fault happens (hooks run in the order of ``addons`` in repl.py: Decode, then the
+cache, then this addon, then Track, so each flow is decoded before it is faulted, the cache keeps
+the server's own answers, and the tracker sees what the client receives; after changing an
+answer this addon asks Decode to read it again):
 - ``request``: delay, drop, reset, hang, status (phase request), conflict, and the follow-up pages
   of a split manifest, answered without the server;
 - ``responseheaders``: truncate (streams the body through a cutter), slow_first_byte;
 - ``response``: delay, drop, reset, hang and status with ``phase: response`` (the server has
   done the work), and every rewrite of a replication answer.
 
-With no scenario, or with every rule disabled, each hook returns at its first line: the traffic
+An answer this addon makes up itself (a status, a 412, a follow-up page) is the fault: no other
+rule applies to it, and it carries ``flow.metadata["repl.synthetic"] = "faults"`` so that the
+cache never stores it as the server's. A flow's faults are logged when the flow ends, before the
+tracker's events of the same flow; a recording read again (``mitmdump -nr``) logs them again.
+
+With no scenario, or with every rule disabled, each hook returns at its first lines: the traffic
 is byte-identical to running without repltap (tests/e2e/test_faults_e2e.py checks it).
 """
 
@@ -49,6 +54,7 @@ from ..faults.scenario import (
 from ..faults.scenario import load as load_scenario
 from ..protocol import exchange
 from ..protocol.model import normalise_path
+from .cache import SYNTHETIC_KEY
 from .decode import META_KEY, upstream_of
 
 logger = logging.getLogger(__name__)
@@ -142,6 +148,7 @@ class Faults:
         self.ours: set[str] = set()  # flows this addon answered itself
         self.cutters: dict[str, tuple[RuleState, int, _Cutter, bool]] = {}
         self.pages: OrderedDict[str, _Page] = OrderedDict()
+        # (collection, initial or incremental) -> the server's own answers: (flow id, answer)
         self.history: OrderedDict[str, deque[tuple[str, http.Response]]] = OrderedDict()
         self.last_tokens: OrderedDict[str, str] = OrderedDict()  # collection -> server's token
         self.coll_tokens: OrderedDict[str, set[str]] = OrderedDict()
@@ -205,6 +212,17 @@ class Faults:
                 self.by_phase[st.rule.action.phase].append(st)
 
     # ---------------------------------------------------------------- hooks
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.live:
+            return
+        # A flow read from a recording (mitmdump -nr): its faults were recorded with it. They are
+        # logged again, so the offline log tells what the live one told. (Decode replaces the
+        # summary in the next hook, which is why they are picked up here.)
+        s = flow.metadata.get(META_KEY)
+        recorded = s.get("fault") if isinstance(s, dict) else None
+        if isinstance(recorded, list) and recorded:
+            self.records[flow.id] = [dict(r) for r in recorded if isinstance(r, dict)]
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.scenario is None or not (self.by_phase[REQUEST] or self.pages):
             return
@@ -226,6 +244,8 @@ class Faults:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         if self.scenario is None:
+            if flow.id in self.records:  # read from a recording
+                self._finish(flow)
             return
         if flow.id in self.cutters:
             self._finish_truncation(flow)
@@ -239,15 +259,13 @@ class Faults:
             self._remember(flow, view)
             await self._run(flow, RESPONSE, view)
         self._learn(flow)
-        self._attach(flow)
-        self._forget(flow)
+        self._finish(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if self.scenario is None:
+        if self.scenario is None and flow.id not in self.records:
             return
         self.cutters.pop(flow.id, None)
-        self._attach(flow)
-        self._forget(flow)
+        self._finish(flow)
 
     def done(self) -> None:
         self.generation += 1  # let hung flows go
@@ -584,7 +602,8 @@ class Faults:
         resp = http.Response.make(page.status, m.tobytes(), headers)
         resp.reason = page.reason
         flow.response = resp
-        self.ours.add(flow.id)
+        self._made_up(flow)
+        self.ended.add(flow.id)  # the page is the fault: no other rule applies to it
         if st is not None:
             st.continued += 1
             self._record(
@@ -597,6 +616,12 @@ class Faults:
             )
 
     # ---------------------------------------------------------------- transport helpers
+    def _made_up(self, flow: http.HTTPFlow) -> None:
+        """This addon answered in the server's place: the cache must not store the answer as
+        the upstream's (repl.synthetic, the suite's convention), nor this addon keep it as one."""
+        self.ours.add(flow.id)
+        flow.metadata[SYNTHETIC_KEY] = "faults"
+
     def _kill(self, flow: http.HTTPFlow) -> None:
         if flow.killable:
             flow.kill()
@@ -649,7 +674,7 @@ class Faults:
             resp.http_version = old.http_version
             resp.timestamp_start, resp.timestamp_end = old.timestamp_start, old.timestamp_end
         else:
-            self.ours.add(flow.id)
+            self._made_up(flow)
         flow.response = resp
 
     def _finish_truncation(self, flow: http.HTTPFlow) -> None:
@@ -743,14 +768,17 @@ class Faults:
         """Keep the server's own manifest answers for stale_token and swap_token."""
         if not self.keep_history or flow.id in self.ours or view.received_token is None:
             return
+        if flow.metadata.get(SYNTHETIC_KEY) or flow.is_replay == "response":
+            return  # another addon's answer (cache, replay), not the server's
         if view.status not in (206, 207) or flow.response is None:
             return
         key = _collection_key(flow, view)
-        q = self.history.get(key)
+        hkey = _history_key(key, view)
+        q = self.history.get(hkey)
         if q is None:
-            q = self.history[key] = deque(maxlen=self.keep_history + 1)
+            q = self.history[hkey] = deque(maxlen=self.keep_history + 1)
         q.append((flow.id, flow.response.copy()))
-        self.history.move_to_end(key)
+        self.history.move_to_end(hkey)
         self.last_tokens[key] = view.received_token
         self.last_tokens.move_to_end(key)
         for d in (self.history, self.last_tokens):
@@ -758,8 +786,10 @@ class Faults:
                 d.popitem(last=False)
 
     def _earlier(self, flow: http.HTTPFlow, view: FlowView) -> list[http.Response]:
-        """The server's earlier manifest answers for this flow's collection, oldest first."""
-        q = self.history.get(_collection_key(flow, view), ())
+        """The server's earlier answers for this flow's collection to the same kind of manifest
+        (initial or incremental), oldest first: an incremental answer handed to an initial sync
+        would read as "everything was deleted", which no server says by mistake."""
+        q = self.history.get(_history_key(_collection_key(flow, view), view), ())
         return [r for fid, r in q if fid != flow.id]
 
     def _learn(self, flow: http.HTTPFlow) -> None:
@@ -821,9 +851,6 @@ class Faults:
         line = f"⚡ fault {st.rule.name}: {detail}"
         flow.comment = f"{flow.comment}\n{line}" if flow.comment else line
         self._attach(flow)
-        track = _addon("track")
-        if track is not None:
-            track.emit(flow, "fault", **rec)
         logger.info(f"fault {st.rule.name}: {rec['method']} {rec['target']}: {detail}")
 
     def _attach(self, flow: http.HTTPFlow) -> None:
@@ -835,6 +862,17 @@ class Faults:
         if not isinstance(s, dict):
             s = flow.metadata[META_KEY] = {}
         s["fault"] = [dict(r) for r in recs]
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        """The flow is over: its faults go to the event log, numbered before the tracker's
+        events of the same flow (Track comes next), and once the summary is final, so that an
+        event's protocol is the one the answer settled."""
+        self._attach(flow)
+        track = _addon("track")
+        if track is not None:
+            for rec in self.records.get(flow.id, []):
+                track.emit(flow, "fault", **rec)
+        self._forget(flow)
 
     def _forget(self, flow: http.HTTPFlow) -> None:
         self.records.pop(flow.id, None)
@@ -954,6 +992,10 @@ def _summary(flow: http.HTTPFlow) -> dict[str, Any]:
 
 def _collection_key(flow: http.HTTPFlow, view: FlowView) -> str:
     return f"{upstream_of(flow)}{view.path}"
+
+
+def _history_key(collection: str, view: FlowView) -> str:
+    return f"{collection} {'initial' if view.initial else 'incremental'}"
 
 
 def _addon(name: str) -> Any:
