@@ -136,6 +136,19 @@ async def test_serve_hit_answers_the_stored_bytes_without_the_upstream(tmp_path:
         assert manifests[1]["seq"] > hit_ev["seq"]
 
 
+async def test_a_compressed_answer_is_served_decoded(tmp_path: Path) -> None:
+    with Chain(tmp_path, repl_cache_mode="serve") as c:
+        upstream = manifest_answer("T2", [ENTRY_A], headers={"Set-Cookie": "session=secret"})
+        upstream.encode("gzip")  # Content-Encoding: gzip, as many servers send it
+        first = await c.run(search("T1"), upstream)
+        hit = await c.run(search("T1"), None)
+        assert hit.response is not None and first.response is not None
+        assert "content-encoding" not in hit.response.headers  # every client accepts identity
+        assert "set-cookie" not in hit.response.headers  # never stored, never replayed
+        assert hit.response.raw_content == first.response.content
+        assert hit.metadata["repl"]["response"]["token"] == "T2"
+
+
 async def test_serve_is_for_the_identical_request_only(tmp_path: Path) -> None:
     with Chain(tmp_path, repl_cache_mode="serve") as c:
         await c.run(search("T1"), manifest_answer("T2"))
