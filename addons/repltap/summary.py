@@ -12,6 +12,22 @@ from typing import Any
 from .protocol.model import Request, Response, short_token
 
 SUMMARY_VERSION = 1
+# The keys summarise() writes; anything else in flow.metadata["repl"] belongs to other addons.
+SUMMARY_KEYS = frozenset(
+    (
+        "v",
+        "protocol",
+        "kind",
+        "method",
+        "target",
+        "collection",
+        "upstream",
+        "request",
+        "response",
+        "error",
+        "summary",
+    )
+)
 WRITE_KINDS = frozenset(("upload", "delete", "move", "copy", "mkcol"))
 # Methods that only WebDAV clients send, so a write with one of them is replication-relevant
 # even without a condition. POST is everywhere on the web: it counts only with repl headers.

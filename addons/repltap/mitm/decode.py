@@ -15,7 +15,7 @@ from mitmproxy import ctx, exceptions, flowfilter, http
 from .. import protocol
 from ..protocol.model import Request
 from ..protocol.xml import DEFAULT_MAX_BYTES
-from ..summary import is_relevant, summarise
+from ..summary import SUMMARY_KEYS, is_relevant, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,12 @@ class Decode:
     ) -> None:
         previous = flow.metadata.get(META_KEY)
         summary = summarise(req, resp, upstream=upstream_of(flow), error=error)
+        if isinstance(previous, dict):
+            # What other addons attached (cache, fault, replay, their events) outlives a re-read;
+            # what the decoder itself says is said anew.
+            for key, value in previous.items():
+                if key not in SUMMARY_KEYS:
+                    summary.setdefault(key, value)
         flow.metadata[META_KEY] = summary
         self.decoded += resp is not None
         _set_comment(flow, summary["summary"], previous)

@@ -15,6 +15,9 @@ from .decode import META_KEY
 
 logger = logging.getLogger(__name__)
 
+# The kinds the tracker itself emits; a flow's other events come from other addons.
+_TRACKER_EVENTS = frozenset(("manifest", "token", "tag", "conflict", "invalid_token", "anomaly"))
+
 
 class Sink(Protocol):
     """Something that receives the events of each flow."""
@@ -56,8 +59,10 @@ class Track:
         ts, client = flow_context(flow)
         events = self.tracker.observe(s, flow=flow.id, ts=ts, client=client)
         # The flow keeps what a person looks for on it; per-entry tag events stay in the log.
-        s["events"] = [e for e in events if e["event"] != "tag"]
-        s["tag_events"] = len(events) - len(s["events"])
+        kept = [e for e in events if e["event"] != "tag"]
+        others = [e for e in s.get("events") or [] if e.get("event") not in _TRACKER_EVENTS]
+        s["events"] = others + kept  # cache, fault or replay events logged for it earlier stay
+        s["tag_events"] = len(events) - len(kept)
         s["anomalies"] = [e["code"] for e in events if e["event"] == "anomaly"]
         for sink in self.sinks:
             sink.write(flow, events)
