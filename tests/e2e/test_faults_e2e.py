@@ -314,6 +314,8 @@ def test_drop_before_the_server(lab: Lab, box: Box) -> None:
     assert dropped.metadata["repl"]["fault"][0]["detail"] == (
         "closed the client connection without a byte"
     )
+    assert dropped.marked == ":zap:"  # what mitmweb shows in its flow list
+    assert "⚡ fault drop: closed the client connection without a byte" in dropped.comment
     assert dropped.metadata["repl"]["request"]["token"]  # the first incremental manifest
 
 
