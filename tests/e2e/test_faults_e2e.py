@@ -600,6 +600,17 @@ def test_no_scenario_or_every_rule_disabled_changes_no_byte(
     assert runs[2] == runs[0]
 
 
+def test_a_bad_scenario_stops_mitmdump_naming_file_line_and_field(
+    tmp_path: Path, mitm_confdir: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - name: x\n    action: drop\n    match: {kind: manifests}\n")
+    rc, out = run_mitmdump("-n", "-s", SCRIPT, "--set", f"repl_faults={bad}", confdir=mitm_confdir)
+    assert rc == 1
+    assert f"repl_faults: {bad}:4: rules[0] (x).match.kind: must be one of" in out
+    assert "(did you mean 'manifest'?)" in out
+
+
 # ================================================================== the library
 
 
