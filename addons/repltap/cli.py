@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (".sim.server", "run the reference Exchange WebDAV replication server"),
     "sync": (".sim.client", "run one replication round of the reference client"),
     "admin": (".sim.admin", "change a running reference server's data (create, move, ...)"),
+    "replay-client": (".replayclient", "re-drive a recorded client against a live server"),
 }
 
 
