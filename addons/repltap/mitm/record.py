@@ -250,7 +250,8 @@ class RecordingIndex:
             return new("initial", [])
         for ch in reversed(chains):
             if ch["tokens"] and ch["tokens"][-1] == sent and "rejected" not in ch:
-                return ch
+                found: dict[str, Any] = ch
+                return found
         for n, ch in reversed(list(enumerate(chains))):
             if sent in ch["tokens"]:
                 return new("branch", [sent], branch_of=n)
@@ -415,6 +416,7 @@ class Record:
             return
         # A copy with the same id (events and logs name flows by id); the live flow is untouched.
         copy = http.HTTPFlow.from_state(flow.get_state())
+        assert isinstance(copy, http.HTTPFlow)
         removed = redact(copy) if self.redact else []
         copy.metadata[RECORD_KEY] = {"v": 1, "redacted": self.redact, "removed": removed}
         if removed:
