@@ -32,17 +32,21 @@ def entries(n: int, kind: str = "new", first: int = 1) -> list[Entry]:
     return [(kind, f"{INBOX}m{i}.EML", f"rt:{i}", f"rid:{i}") for i in range(first, first + n)]
 
 
-def manifest(sent: str | None, received: str | None = None, rows: list[Entry] = ()) -> tuple:  # type: ignore[assignment]
+def manifest(
+    sent: str | None, received: str | None = None, rows: list[Entry] | None = None
+) -> tuple[http.HTTPFlow, http.Response]:
     """(flow, the server's answer) for an Exchange manifest."""
     h, body = manifest_request(INBOX, sent)
     f = tflow.tflow(req=http.Request.make("SEARCH", f"http://mail.example.com{INBOX}", body, h))
     answer = http.Response.make(
-        207, manifest_response(received, list(rows)), {"Content-Type": "text/xml"}
+        207, manifest_response(received, list(rows or [])), {"Content-Type": "text/xml"}
     )
     return f, answer
 
 
-def put(if_: str | None, status: int = 204, name: str = "m1.EML", tag: str = "rt:9") -> tuple:
+def put(
+    if_: str | None, status: int = 204, name: str = "m1.EML", tag: str = "rt:9"
+) -> tuple[http.HTTPFlow, http.Response]:
     h = {"If": if_} if if_ else {}
     f = tflow.tflow(
         req=http.Request.make("PUT", f"http://mail.example.com{INBOX}{name}", b"body", h)
@@ -51,12 +55,14 @@ def put(if_: str | None, status: int = 204, name: str = "m1.EML", tag: str = "rt
     return f, http.Response.make(status, b"", headers)
 
 
-def get(name: str = "m1.EML", body: bytes = b"x" * 100) -> tuple:
+def get(name: str = "m1.EML", body: bytes = b"x" * 100) -> tuple[http.HTTPFlow, http.Response]:
     f = tflow.tflow(req=http.Request.make("GET", f"http://mail.example.com{INBOX}{name}"))
     return f, http.Response.make(200, body, {"ResourceTag": "<rt:1>", "ETag": '"e1"'})
 
 
-def sync_report(sent: str | None, received: str, members: list[tuple[str, str | None]]) -> tuple:
+def sync_report(
+    sent: str | None, received: str, members: list[tuple[str, str | None]]
+) -> tuple[http.HTTPFlow, http.Response]:
     """(flow, answer) of an RFC 6578 sync-collection; members: (href, etag or None = removed)."""
     tok = f"<D:sync-token>{sent}</D:sync-token>" if sent else "<D:sync-token/>"
     body = (

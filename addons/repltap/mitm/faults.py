@@ -295,7 +295,8 @@ class Faults:
         if t in ("delay", "slow_first_byte"):
             secs = st.jitter(p["ms"], p["jitter_ms"])
             where = "before its first byte" if t == "slow_first_byte" else f"at {a.phase}"
-            self._record(flow, st, n, f"held {secs * 1000:.0f} ms {where}", delay_ms=secs * 1000)
+            ms = round(secs * 1000, 3)
+            self._record(flow, st, n, f"held {ms:.0f} ms {where}", delay_ms=ms)
             await asyncio.sleep(secs)
             return False
         if t == "drop":
@@ -628,7 +629,11 @@ class Faults:
 
     def _linger0(self, flow: http.HTTPFlow) -> bool:
         """Make the client connection's close an abort (TCP RST). mitmproxy has no API for it:
-        this reaches into the proxy server's transports (notes §1.11), so it fails soft."""
+        this reaches into the proxy server's transports (notes §1.11), so it fails soft.
+        Not for HTTP/2 or 3, where the connection carries other streams: there a kill resets
+        the stream only, and that is the fault."""
+        if not flow.request.http_version.startswith("HTTP/1"):
+            return False
         try:
             handler = ctx.master.addons.get("proxyserver").connections[flow.client_conn.id]
             writer = handler.transports[flow.client_conn].writer
