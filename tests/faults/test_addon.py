@@ -509,3 +509,15 @@ async def test_faults_of_a_recorded_flow_are_logged_again_offline(tmp_path: Path
     strip = [{k: v for k, v in e.items() if k not in ("ts", "seq")} for e in live]
     assert [{k: v for k, v in e.items() if k not in ("ts", "seq")} for e in replayed] == strip
     assert replayed[0]["event"] == "fault" and replayed[0]["rule"] == "retype"
+
+
+async def test_truncate_a_chunked_answer_by_fraction(tmp_path: Path) -> None:
+    """Without a Content-Length the length is only known at the end: the cutter holds the body
+    and passes its first part when the server is done."""
+    with lab(tmp_path, one("cut", "{type: truncate, fraction: 0.3}")) as lb:
+        f, answer = get(body=b"z" * 70)
+        del answer.headers["content-length"]
+        answer.headers["Transfer-Encoding"] = "chunked"
+        res = await lb.run(f, answer)
+        assert res.killed and res.client_got == b"z" * 21
+        assert lb.faults_of(f)[0]["of"] == 70
