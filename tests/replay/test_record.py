@@ -185,6 +185,21 @@ async def test_append_unfinished_flows_and_errors(tmp_path: Path) -> None:
     assert index["flows"] == 3 and index["errors"] == 1
 
 
+async def test_a_flow_killed_after_its_answer_is_written_once(tmp_path: Path) -> None:
+    """A fault killing the flow in the response hook: mitmproxy fires no error hook then."""
+    rec = tmp_path / "k.mitm"
+    with Chain(tmp_path) as chain:
+        chain.configure(repl_record=str(rec))
+        f = search(None)
+        f.response = answer("t1")
+        chain.record.request(f)
+        f.kill()  # what an earlier addon did in its response hook
+        chain.record.response(f)
+        chain.record.error(f)  # were it ever to come as well
+    [flow] = read(rec)
+    assert flow.id == f.id and flow.response is not None and flow.error is not None
+
+
 async def test_unusable_paths_are_refused(tmp_path: Path) -> None:
     r = Record()
     with taddons.context(r) as tctx:

@@ -325,6 +325,7 @@ class Record:
         self.index: RecordingIndex | None = None
         self.redact = True
         self.active: dict[str, http.HTTPFlow] = {}
+        self.saved: dict[str, None] = {}  # ids of the flows written lately (an ordered set)
         self.written = 0
         self._index_at = 0.0
 
@@ -394,8 +395,8 @@ class Record:
         self.active[flow.id] = flow
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if flow.error is not None:
-            return  # killed by an earlier addon in this hook: the error hook writes it
+        # A flow an earlier addon killed in this hook (a fault) is written here too: mitmproxy
+        # fires no error hook after the response hook, so this is its last word.
         self._save(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -414,6 +415,11 @@ class Record:
         self.active.pop(flow.id, None)
         if self.writer is None or self.file is None or self.index is None:
             return
+        if flow.id in self.saved:
+            return  # one flow, one entry, as its id says
+        if len(self.saved) >= _MAX_ACTIVE:
+            self.saved.pop(next(iter(self.saved)))
+        self.saved[flow.id] = None
         # A copy with the same id (events and logs name flows by id); the live flow is untouched.
         copy = http.HTTPFlow.from_state(flow.get_state())
         assert isinstance(copy, http.HTTPFlow)
@@ -452,6 +458,7 @@ class Record:
         self.path = self.index = None
         self.spec = None
         self.active.clear()
+        self.saved.clear()
 
     @command.command("repl.record.index")
     def show_index(self) -> str:
