@@ -28,9 +28,19 @@ def events_from_flows(
     out: list[dict[str, Any]] = []
     for flow in flows:
         s = decode_flow(flow, hints=hints)
+        ts, client = flow_context(flow)
+        # Faults injected live are facts of the recording, logged before the tracker's events
+        # for the same flow, as the live run logged them.
+        recorded = flow.metadata.get("repl")
+        faults = recorded.get("fault") if isinstance(recorded, dict) else None
+        if isinstance(faults, dict):
+            faults = [faults]
+        for rec in faults or ():
+            if isinstance(rec, dict):
+                protocol = (s or {}).get("protocol", "exchange")
+                out.append(tracker.event("fault", flow=flow.id, ts=ts, protocol=protocol, **rec))
         if s is None:
             continue
-        ts, client = flow_context(flow)
         out += tracker.observe(s, flow=flow.id, ts=ts, client=client)
     return out
 

@@ -56,6 +56,16 @@ CATALOGUE: dict[str, Anomaly] = {
             "exchange §3 steps 6 and 10; RFC 6578 §3.2",
         ),
         Anomaly(
+            "rejected-token-reused",
+            "error",
+            "client",
+            "The client sent again a token the server had rejected (475 or valid-sync-token) "
+            "instead of starting over.",
+            "Drop a rejected token and sync from an empty one, reconciling local items by "
+            "repl-uid (Exchange) or href (RFC 6578); the server will refuse it every time.",
+            "exchange §3 step 9, §8.5; RFC 6578 §3.2",
+        ),
+        Anomaly(
             "needless-resync",
             "warning",
             "client",
@@ -265,6 +275,7 @@ class Collection:
     sent: list[tuple[str, str | None, str]] = field(default_factory=list)  # (client, token, flow)
     items: dict[str, str] = field(default_factory=dict)  # repl-uid (or path) -> resource path
     last_page: dict[str, Any] | None = None
+    rejected: dict[str, set[str]] = field(default_factory=dict)  # client -> tokens refused
     syncs: int = 0
 
 
@@ -458,6 +469,16 @@ class Tracker:
             where["scope"] = c.scope
 
         # What the client did, judged before the answer.
+        refused = c.rejected.get(client)
+        if sent is None:
+            c.rejected.pop(client, None)  # it started over, as it should
+        elif refused and sent in refused:
+            self._anomaly(
+                emit,
+                "rejected-token-reused",
+                **where,
+                detail=f"{sent!r} was rejected before, and sent again",
+            )
         if sent is not None:
             if sent not in c.issued:
                 pass  # a token from before we started watching: nothing to compare it with
@@ -521,6 +542,8 @@ class Tracker:
             emit("token", **where, **{"from": sent, "to": None}, kind="rejected")
             for rec in c.issued.get(sent or "", []):
                 rec.rejected = True
+            if sent is not None:
+                c.rejected.setdefault(client, set()).add(sent)
             # The collection may have been re-created (spec §8.5): its items come back with new
             # repl-uids at the same hrefs, which is no identity change.
             known = self.resources.get(c.upstream, {})

@@ -363,3 +363,15 @@ def test_an_answer_that_never_came() -> None:
     s.feed(summarise(req, None, upstream=UPSTREAM, error="peer closed connection"))
     assert s.codes() == ["undecodable"]
     assert s.t.anomalies[-1]["detail"] == "the answer never arrived whole: peer closed connection"
+
+
+def test_rejected_token_reused() -> None:
+    s = Session()
+    s.feed(manifest(INBOX, None, "T1", [item("a.EML", A, "rid:1")]))
+    s.feed(manifest(INBOX, "T1", None, status=475))
+    s.feed(manifest(INBOX, None, "T2", [item("a.EML", A, "rid:1")]))  # starts over: right
+    s.feed(manifest(INBOX, "T2", "T3", []))
+    assert s.codes() == []
+    s.feed(manifest(INBOX, "T3", None, status=475))
+    s.feed(manifest(INBOX, "T3", None, status=475))  # the naive client insists
+    assert s.codes() == ["rejected-token-reused"]

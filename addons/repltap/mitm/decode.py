@@ -40,6 +40,18 @@ def _body(message: http.Message) -> tuple[bytes | None, str | None]:
         return None, f"the Content-Encoding cannot be decoded: {e}"
 
 
+def answered(flow: http.HTTPFlow) -> bool:
+    """A flow read back from a file with a complete answer and an error too (killed after its
+    answer, as a fault does): live only its response hook ran, so offline the error hook must
+    add nothing, or a recording would tell another story than the live run."""
+    return (
+        not flow.live
+        and flow.error is not None
+        and flow.response is not None
+        and flow.response.timestamp_end is not None
+    )
+
+
 def decode_flow(
     flow: http.HTTPFlow,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -69,7 +81,7 @@ def decode_flow(
         hints.learn(upstream, req, resp)
     if not is_relevant(req, resp):
         return None
-    error = flow.error.msg if flow.error else None
+    error = flow.error.msg if flow.error and not answered(flow) else None
     return summarise(req, resp, upstream=upstream, error=error)
 
 
@@ -155,6 +167,8 @@ class Decode:
             self._store(flow, req, resp)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if answered(flow):
+            return
         req = self._request_of(flow)
         if req is None or not is_relevant(req, None):
             return

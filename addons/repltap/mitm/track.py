@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from mitmproxy import command, http
 
 from ..tracker import CATALOGUE, Tracker, client_id
-from .decode import META_KEY
+from .decode import META_KEY, answered
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ class Track:
         self._observe(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._observe(flow)
+        if not answered(flow):
+            self._observe(flow)
 
     def _observe(self, flow: http.HTTPFlow) -> None:
         s = flow.metadata.get(META_KEY)
