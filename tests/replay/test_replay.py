@@ -96,6 +96,7 @@ async def test_a_client_rerunning_the_session_gets_every_recorded_answer(
             assert got.response.content == recorded.content
             assert got.is_replay == "response"
             assert got.metadata[REPLAY_KEY]["kind"] == "hit"
+            assert got.metadata["repl.synthetic"] == "replay"
         assert chain.upstream_calls == 0
         hits = chain.events()
         assert [e["kind"] for e in hits] == ["hit"] * 8
@@ -199,6 +200,7 @@ async def test_strict_miss_names_the_closest_recorded_requests(
             ["acknowledged", "token"],
         ]
         assert got.metadata[REPLAY_KEY]["kind"] == "miss"
+        assert got.metadata["repl.synthetic"] == "replay"
         assert "replay miss (strict)" in got.comment
         # The tracker saw a manifest answered 500 (a server error), not a made-up manifest.
         [m] = chain.events("manifest")
@@ -223,6 +225,7 @@ async def test_forward_mode_sends_a_miss_upstream(tmp_path: Path, rec: Path) -> 
         assert live.is_replay is None
         assert live.metadata["repl"]["response"]["token"] == "fresh-2"
         assert live.metadata[REPLAY_KEY]["kind"] == "forward"
+        assert "repl.synthetic" not in live.metadata
         assert [e["kind"] for e in chain.events()] == ["hit", "forward"]
         assert "forwarded" in live.comment
     finally:

@@ -26,8 +26,9 @@ over gets the recording again from the start.
 
 Modes: ``strict`` answers an unmatched request with a 500 naming the closest recorded requests,
 and vetoes every upstream connection (``server_connect``); ``forward`` lets it go upstream.
-Each decision is a ``replay`` event (``hit``, ``miss``, ``forward``, ``vetoed``) and is kept in
-``flow.metadata["repl.replay"]``.
+Each decision is a ``replay`` event (``hit``, ``miss``, ``forward``) and is kept in
+``flow.metadata["repl.replay"]``; answers given here carry ``flow.metadata["repl.synthetic"] =
+"replay"`` (and hits ``is_replay = "response"``), the suite's mark for "no upstream said this".
 
 Hook order (addons/repl.py): right after Decode, so the request is decoded, and before the cache
 and fault injector, which leave a flow that already has a response alone.
@@ -51,6 +52,7 @@ from ..offline import read_flows
 from ..protocol.model import normalise_path, short_token
 from ..summary import WRITE_KINDS
 from ..tracker import client_id
+from .cache import SYNTHETIC_KEY
 from .decode import META_KEY, upstream_of
 from .record import SECRET_PARAM
 
@@ -459,6 +461,7 @@ class Replay:
         resp.refresh()  # Date, Expires, Last-Modified move to now, as in mitmproxy's replay
         flow.response = resp
         flow.is_replay = "response"
+        flow.metadata[SYNTHETIC_KEY] = "replay"  # not the upstream's: the cache must not keep it
         again = ", again" if repeat else ""
         self._later_comment(
             flow,
@@ -475,6 +478,9 @@ class Replay:
             self._miss_text(hard, closest).encode("utf-8"),
             {"Content-Type": "text/plain; charset=utf-8", "Repltap-Replay": "miss"},
         )
+        # The suite's mark for an answer no server gave: the cache (offline mode) must not take
+        # this 500 for the upstream's and answer in its place, nor a fault treat it as one.
+        flow.metadata[SYNTHETIC_KEY] = "replay"
         self._later_comment(
             flow, f"{COMMENT_MARK} replay miss (strict): no recorded answer; answered 500"
         )
