@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import cache, decode, tracker
+from . import cache, decode, proxy, tracker
 
 
 def machine() -> dict[str, Any]:
@@ -23,7 +23,14 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> int:
-    results = [decode.run(), tracker.cost(), tracker.memory(), cache.run()]
+    results = [
+        decode.run(),
+        *decode.large(),
+        tracker.cost(),
+        tracker.memory(),
+        cache.run(),
+        proxy.run(),
+    ]
     print(f"{'benchmark':<34} {'baseline':>12} {'repltap':>12} {'ratio':>7}  target  ok")
     for r in results:
         if r["baseline_s"] is None:

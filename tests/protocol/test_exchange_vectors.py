@@ -303,3 +303,14 @@ def test_opaque_token_shapes_kept_exactly() -> None:
         "rt:8C0A2F1E-6B4D-4E1A-9F3C-2D7B5A6E9C01@00000000002",
     ]
     assert resp.entries[2]["uid"] == "rid:{8C0A2F1E-6B4D-4E1A-9F3C-2D7B5A6E9C01}"
+
+
+@pytest.mark.parametrize("stem", stems())
+def test_streamed_reading_agrees_with_the_tree(stem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies over safexml.STREAM_ABOVE are read as a stream; every vector must read alike."""
+    from repltap.protocol import xml as safexml
+
+    req, tree = dec(stem)
+    monkeypatch.setattr(safexml, "STREAM_ABOVE", 0)
+    _, streamed = dec(stem)
+    assert streamed.to_dict() == tree.to_dict()

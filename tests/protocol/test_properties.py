@@ -128,3 +128,33 @@ def test_range_rows_round_trip(pairs: list[tuple[int, int]]) -> None:
     assert [(r.first, r.last) for r in parse_range_rows("rows=" + spec)] == [
         (min(a, b), max(a, b)) for a, b in pairs
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(collblob=st.one_of(st.none(), token), entries=st.lists(entry, max_size=8), sp=spelling)
+def test_streamed_and_tree_readings_agree(collblob, entries, sp) -> None:
+    from repltap.protocol import xml as safexml
+
+    body = render(collblob, entries, sp)
+    tree = exchange.decode_response(REQ, 207, {}, body)
+    saved = safexml.STREAM_ABOVE
+    safexml.STREAM_ABOVE = 0
+    try:
+        streamed = exchange.decode_response(REQ, 207, {}, body)
+    finally:
+        safexml.STREAM_ABOVE = saved
+    assert streamed.to_dict() == tree.to_dict()
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=st.binary(max_size=300))
+def test_streamed_reading_never_raises(body: bytes) -> None:
+    from repltap.protocol import xml as safexml
+
+    saved = safexml.STREAM_ABOVE
+    safexml.STREAM_ABOVE = 0
+    try:
+        exchange.decode_response(REQ, 207, {}, body)
+        exchange.decode_response(REQ, 207, {}, b"<D:multistatus xmlns:D='DAV:'>" + body)
+    finally:
+        safexml.STREAM_ABOVE = saved

@@ -126,3 +126,26 @@ def test_bad_input_gives_a_typed_reason(data: bytes, reason: str) -> None:
 def test_utf16_with_bom_is_read() -> None:
     doc = '<?xml version="1.0" encoding="utf-16"?><a>é</a>'.encode("utf-16")
     assert safexml.parse(doc).text == "é"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (BILLION_LAUGHS, "dtd-forbidden"),
+        (QUADRATIC, "dtd-forbidden"),
+        (b'<?xml version="1.0"?><!DOCTYPE d SYSTEM "http://127.0.0.1:9/x"><d/>', "dtd-forbidden"),
+        (b"<a>" * 10_000 + b"</a>" * 10_000, "too-deep"),
+        (b"<a><b>", "truncated"),
+        (b"", "empty-body"),
+        (b"nope", "not-xml"),
+    ],
+)
+def test_the_streaming_reader_is_as_safe(data: bytes, reason: str) -> None:
+    with pytest.raises(safexml.XmlProblem) as e:
+        list(safexml.iterparse(data, ["{*}href", "{*}a"]))
+    assert e.value.reason == reason
+
+
+def test_the_streaming_reader_yields_elements_as_they_end() -> None:
+    got = [el.text for el in safexml.iterparse(b"<r><a>1</a><b/><a>2</a></r>", ["a"])]
+    assert got == ["1", "2"]

@@ -506,13 +506,107 @@ def _read_entries(root: etree._Element, resp: Response) -> tuple[bool, str | Non
     return repl_seen, collblob_text
 
 
+def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, str | None, bool]:
+    """Like :func:`_read_entries`, for a body too large to hold as a tree: elements come as
+    they end (a response's fields before the response), and finished responses are freed as
+    the stream goes. Returns (R:repl seen, collblob text, root is DAV:multistatus).
+
+    Raises :class:`~repltap.protocol.xml.XmlProblem` on bad XML, possibly after filling some
+    entries: the caller clears them.
+    """
+    entries = resp.entries
+    ns_seen = resp.nonstandard_ns
+    notes = resp.notes
+    cur: Entry = {"type": "", "href": None, "tag": None, "uid": None}
+    repl_seen = False
+    collblob_text: str | None = None
+    rooted: bool | None = None
+    codes = _FIELD_CODES
+    for el in safexml.iterparse(body, _RESPONSE_ITER_TAGS, max_bytes=max_bytes):
+        if rooted is None:
+            root = el.getroottree().getroot()
+            cls, local, _ = _classify(root.tag)
+            rooted = cls == "dav" and local == "multistatus"
+            if not rooted:
+                return False, None, False
+        tag = el.tag
+        code = codes.get(tag)
+        if code is None:
+            code = _learn_field(tag, ns_seen)
+        if code == _F_HREF:
+            if cur["href"] is None:
+                t = el.text
+                cur["href"] = t.strip() if t else ""
+        elif code == _F_TAG:
+            t = el.text
+            if t and (t := t.strip()):
+                cur["tag"] = t
+        elif code == _F_UID:
+            t = el.text
+            if t and (t := t.strip()):
+                cur["uid"] = t
+        elif code == _F_CHANGETYPE:
+            t = el.text
+            if t in _CHANGE_TYPES:
+                cur["type"] = t
+            else:
+                _set_changetype(cur, t, notes)
+        elif code == _F_RESPONSE:
+            _close_entry(cur)
+            entries.append(cur)
+            cur = {"type": "", "href": None, "tag": None, "uid": None}
+            if len(entries) % 1024 == 0:  # free the finished responses, in one C call
+                parent = el.getparent()
+                if parent is not None:
+                    del parent[: parent.index(el)]
+        elif code == _F_REPL:
+            parent = el.getparent()
+            if parent is not None and parent.getparent() is None:
+                repl_seen = True
+                if len(el) == 0 and not (el.text or "").strip():
+                    resp.no_changes = True
+        elif code == _F_COLLBLOB:
+            parent = el.getparent()
+            if collblob_text is None and parent is not None:
+                pcode = codes.get(parent.tag)
+                if pcode is None:
+                    pcode = _learn_field(parent.tag, ns_seen)
+                if pcode == _F_REPL:
+                    t = el.text
+                    collblob_text = (t.strip() or None) if t else None
+        elif code == _F_CONTENTTAG and not _inside_response(el):
+            t = el.text
+            resp.ctag = (t.strip() or None) if t else None
+    return repl_seen, collblob_text, bool(rooted) or rooted is None
+
+
+def _inside_response(el: etree._Element) -> bool:
+    p = el.getparent()
+    while p is not None:
+        if _FIELD_CODES.get(p.tag) == _F_RESPONSE:
+            return True
+        p = p.getparent()
+    return False
+
+
 def _decode_multistatus(
     req: Request, resp: Response, body: bytes, h: HeaderView, max_bytes: int
 ) -> None:
     declared = _declared_length(h)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # the loop allocates ~5 objects per entry and frees none: collecting is waste
     try:
-        root = safexml.parse(body, max_bytes=max_bytes)
+        if len(body) > safexml.STREAM_ABOVE:
+            repl_seen, collblob_text, rooted = _stream_entries(body, resp, max_bytes)
+            root_tag: object = "(not DAV:multistatus)"
+        else:
+            root = safexml.parse(body, max_bytes=max_bytes)
+            cls, local, _ = _classify(root.tag)
+            rooted, root_tag = cls == "dav" and local == "multistatus", root.tag
+            repl_seen, collblob_text = _read_entries(root, resp) if rooted else (False, None)
     except safexml.XmlProblem as e:
+        resp.entries.clear()
+        resp.no_changes = False
         reason, detail = e.reason, e.detail
         if declared is not None and declared > len(body):
             reason = "truncated"
@@ -520,19 +614,14 @@ def _decode_multistatus(
         resp.problem = safexml.Undecodable(reason, detail)
         resp.manifest = req.manifest
         return
-    cls, local, _ = _classify(root.tag)
-    if cls != "dav" or local != "multistatus":
-        resp.problem = safexml.Undecodable(
-            "unexpected-root", f"a 207 whose root element is {root.tag!r}, not DAV:multistatus"
-        )
-        return
-    gc_was_on = gc.isenabled()
-    gc.disable()  # the loop allocates ~5 objects per entry and frees none: collecting is waste
-    try:
-        repl_seen, collblob_text = _read_entries(root, resp)
     finally:
         if gc_was_on:
             gc.enable()
+    if not rooted:
+        resp.problem = safexml.Undecodable(
+            "unexpected-root", f"a 207 whose root element is {root_tag!r}, not DAV:multistatus"
+        )
+        return
     entries = resp.entries
     ns_seen = resp.nonstandard_ns
     resp.manifest = repl_seen or (req.manifest and collblob_text is not None)
