@@ -175,6 +175,10 @@ class Decode:
         msg = flow.error.msg if flow.error else "unknown error"
         self._store(flow, req, None, error=msg)
 
+    def request_of(self, flow: http.HTTPFlow) -> Request | None:
+        """The decoded request of a flow still in flight (before its answer), if any."""
+        return self.pending.get(flow.id)
+
     def refresh(self, flow: http.HTTPFlow) -> None:
         """Decode a flow again after another addon changed its response (a fault, a cached
         answer), so that what is summarised is what the client receives."""

@@ -398,7 +398,7 @@ class Replay:
         # Decode stores a summary only for replication requests, but decodes every request it
         # sees: use that rather than read the request again.
         decode = ctx.master.addons.get("decode")
-        req = getattr(decode, "pending", {}).get(flow.id) if decode is not None else None
+        req = decode.request_of(flow) if decode is not None else None
         if req is None:
             req = protocol.decode_request(
                 flow.request.method, flow.request.path, flow.request.headers, _body(flow.request)

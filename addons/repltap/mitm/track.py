@@ -68,10 +68,14 @@ class Track:
         for sink in self.sinks:
             sink.write(flow, events)
 
-    def emit(self, flow: http.HTTPFlow, event: str, **fields: Any) -> dict[str, Any]:
+    def emit(
+        self, flow: http.HTTPFlow, event: str, *, ts: float | None = None, **fields: Any
+    ) -> dict[str, Any]:
         """Log an event of another feature (cache, fault, replay) for ``flow``: numbered with
-        the tracker's events, written to the same sinks, and kept on the flow."""
-        ts, _ = flow_context(flow)
+        the tracker's events, written to the same sinks, and kept on the flow. ``ts`` defaults
+        to the flow's own time."""
+        if ts is None:
+            ts, _ = flow_context(flow)
         s = flow.metadata.get(META_KEY)
         protocol = s.get("protocol", "exchange") if isinstance(s, dict) else "exchange"
         ev = self.tracker.event(event, flow=flow.id, ts=ts, protocol=protocol, **fields)
