@@ -4,14 +4,20 @@ conflict, and after each round the store equals the server's collection."""
 from __future__ import annotations
 
 import ast
+import http.client
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from repltap.cli import main
 from repltap.sim import client as clientmod
-from repltap.sim.client import STATE_FILE, State, SyncError, file_name, sync
+from repltap.sim.client import STATE_FILE, Http, State, Sync, SyncError, file_name, sync
 
 from .conftest import INBOX, Peer
 
@@ -42,6 +48,103 @@ def synced(peer: Peer, tmp_path: Path) -> Path:
     store = tmp_path / "store"
     run(peer, store)
     return store
+
+
+# An action of the relay on one request: passed on (None); "drop": the connection closes before
+# the server sees the request; "lost": the server applies it and the connection closes before its
+# answer comes back; "close": answered, then the connection closes (with no "Connection: close"
+# said); a status: answered so by the relay (as a proxy would), the server never sees the request.
+Action = str | int | None
+
+
+class Relay:
+    """An HTTP/1.1 keep-alive relay in front of the reference server that fails requests the way
+    a network or a proxy does, one action per matching request, and remembers every request."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.rules: list[tuple[str, str, list[Action]]] = []
+        self.seen: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def relay(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                action = relay.take(self.command, self.path)
+                if action == "drop":
+                    self.close_connection = True
+                    return
+                if isinstance(action, int):
+                    self.send_response_only(action)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                skip = ("connection", "keep-alive", "transfer-encoding", "content-length")
+                conn = http.client.HTTPConnection("127.0.0.1", relay.upstream, timeout=10)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    r = conn.getresponse()
+                    data = r.read()
+                finally:
+                    conn.close()
+                if action == "lost":
+                    self.close_connection = True
+                    return
+                self.send_response_only(r.status, r.reason)
+                for k, v in r.getheaders():
+                    if k.lower() not in skip:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                self.close_connection = action == "close"
+
+            do_GET = do_PUT = do_DELETE = do_MOVE = do_PROPFIND = do_SEARCH = relay
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def fault(self, method: str, suffix: str, *actions: Action) -> None:
+        """The next requests ``method`` whose path ends with ``suffix`` meet ``actions``."""
+        self.rules.append((method, suffix, list(actions)))
+
+    def take(self, method: str, path: str) -> Action:
+        with self.lock:
+            self.seen.append((method, path))
+            for m, suffix, actions in self.rules:
+                if m == method and path.endswith(suffix) and actions:
+                    return actions.pop(0)
+            return None
+
+    def count(self, method: str, suffix: str = "") -> int:
+        return sum(1 for m, p in self.seen if m == method and p.endswith(suffix))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def relay(peer: Peer) -> Iterator[Relay]:
+    r = Relay(peer.port)
+    try:
+        yield r
+    finally:
+        r.stop()
 
 
 def test_first_round_pages_and_ends_with_no_changes(peer: Peer, tmp_path: Path) -> None:
@@ -109,6 +212,178 @@ def test_delete_against_server_edit_restores(peer: Peer, synced: Path) -> None:
     report, _lines = run(peer, synced)
     assert len(report.conflicts) == 1 and "back" in report.conflicts[0]
     assert (synced / "Report.EML").exists()
+
+
+@pytest.mark.parametrize("spurious", [True, False], ids=["injected-412", "real-412"])
+def test_a_failed_refetch_after_412_loses_nothing(
+    peer: Peer, relay: Relay, synced: Path, spurious: bool
+) -> None:
+    """After a 412 the server's version is fetched before the local file is set aside: when that
+    GET is cut off, the local edit stays where it was (not a local delete the next round would
+    send as a DELETE of the server's version), and the next round resolves it."""
+    mine = b"Subject: Mine\r\n\r\n"
+    if spurious:  # a proxy answers 412 although nothing changed; the server never sees the PUT
+        relay.fault("PUT", "/Report.EML", 412)
+    else:
+        peer.admin.post("modify", path=INBOX + "Report.EML", subject="Theirs")
+    relay.fault("GET", "/Report.EML", "drop", "drop")  # the refetch, and its one retry
+    (synced / "Report.EML").write_bytes(mine)
+    with pytest.raises(SyncError, match=r"GET .*Report\.EML: the connection was closed"):
+        sync(relay.url + INBOX, synced, out=lambda _: None)
+    assert relay.count("GET", "/Report.EML") == 2
+    assert (synced / "Report.EML").read_bytes() == mine
+    assert not (synced / "Report (conflict 1).EML").exists()
+    report, _lines = run(peer, synced)  # no faults now
+    server = peer.admin.export(INBOX)["items"]
+    assert report.deleted_remote == 0
+    if spurious:  # the PUT goes through now: one version, mine
+        assert report.conflicts == [] and server["Report.EML"]["content"] == mine
+        assert "Report (conflict 1).EML" not in server
+    else:  # both versions
+        assert server["Report.EML"]["props"]["{urn:schemas:httpmail:}subject"] == "Theirs"
+        assert server["Report (conflict 1).EML"]["content"] == mine
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "MOVE"])
+def test_a_write_is_not_sent_again_when_the_connection_closes(
+    peer: Peer, relay: Relay, method: str
+) -> None:
+    """An idempotent request is sent once more when a kept-alive connection closes under it; a
+    write never is: the server may have applied it already (here it has)."""
+    http = Http(relay.url + INBOX)
+    hello = INBOX + "Hello.EML"
+    relay.fault("GET", "/Hello.EML", None, "drop")
+    assert http.request("GET", hello).status == 200  # opens the kept-alive connection
+    assert http.request("GET", hello).status == 200  # closed under it: sent again
+    assert relay.count("GET") == 3
+    relay.fault(method, "/Hello.EML", "lost")
+    headers = {"Destination": relay.url + INBOX + "Hi.EML"} if method == "MOVE" else {}
+    with pytest.raises(SyncError, match="not sent again") as e:
+        http.request(method, hello, headers, b"Subject: x\r\n\r\n" if method == "PUT" else b"")
+    assert isinstance(e.value, clientmod.AnswerLost)
+    assert relay.count(method) == 1
+    after = peer.admin.export(INBOX)["items"]
+    if method == "PUT":  # applied, once (the relay saw one PUT)
+        assert after["Hello.EML"]["content"] == b"Subject: x\r\n\r\n"
+    else:
+        assert "Hello.EML" not in after
+    http.close()
+
+
+def test_a_write_does_not_go_on_a_connection_closed_while_idle(peer: Peer, relay: Relay) -> None:
+    """A kept-alive connection the server closed while idle is seen before a write is sent on
+    it: the write goes on a new connection instead of failing for nothing."""
+    http = Http(relay.url + INBOX)
+    relay.fault("GET", "/Hello.EML", "close")
+    assert http.request("GET", INBOX + "Hello.EML").status == 200
+    time.sleep(0.2)  # the close arrives
+    rep = http.request("PUT", INBOX + "Hello.EML", {}, b"Subject: x\r\n\r\n")
+    assert rep.status in (200, 204) and relay.count("PUT") == 1
+    http.close()
+
+
+def test_a_write_that_could_not_be_sent_is_not_unsure(synced: Path) -> None:
+    """No connection at all: nothing was sent, so the next round need not read the manifest
+    before it writes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (synced / "Report.EML").write_bytes(b"Subject: Mine\r\n\r\n")
+    with pytest.raises(SyncError, match="cannot talk to") as e:
+        sync(f"http://127.0.0.1:{port}{INBOX}", synced, out=lambda _: None)
+    assert not isinstance(e.value, clientmod.AnswerLost)
+    state = State.load(synced / STATE_FILE)
+    assert state is not None and state.unsure == []
+
+
+WRITES = {
+    # kind: (the write that meets the fault, its path's end, the local change)
+    "edit": ("PUT", "/Report.EML"),
+    "create": ("PUT", "/Mine.EML"),
+    "delete": ("DELETE", "/Newsletter.EML"),
+    "rename": ("MOVE", "/Meeting.EML"),
+}
+
+
+def change_here(store: Path, kind: str) -> None:
+    if kind == "edit":
+        (store / "Report.EML").write_bytes(b"Subject: edited\r\n\r\nmine\r\n")
+    elif kind == "create":
+        (store / "Mine.EML").write_bytes(b"Subject: mine\r\n\r\nnew\r\n")
+    elif kind == "delete":
+        (store / "Newsletter.EML").unlink()
+    else:
+        (store / "Meeting.EML").rename(store / "Minutes.EML")
+
+
+@pytest.mark.parametrize("kind", list(WRITES))
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+def test_a_write_whose_answer_was_lost_is_reconciled_by_the_manifest(
+    peer: Peer, relay: Relay, synced: Path, kind: str, applied: bool
+) -> None:
+    """A write on a kept-alive connection that closes before the answer: the round ends with a
+    clear message and the write is not sent again; the next round reads the manifest first, which
+    tells whether the server applied it, and ends without a conflict or a duplicate."""
+    method, suffix = WRITES[kind]
+    change_here(synced, kind)
+    before = set(peer.admin.export(INBOX)["items"])
+    relay.fault(method, suffix, "lost" if applied else "drop")
+    lines: list[str] = []
+    s = Sync(relay.url + INBOX, synced, out=lines.append)
+    assert s.http.request("GET", INBOX + "Hello.EML").status == 200  # a kept-alive connection
+    with pytest.raises(SyncError, match=f"{method} .*{suffix}: the connection was closed .*"):
+        s.run()
+    assert relay.count(method, suffix) == 1  # not sent again
+    state = State.load(synced / STATE_FILE)
+    assert state is not None and len(state.unsure) == 1 and state.unsure[0].startswith(method)
+    report, lines = run(peer, synced)  # no faults now; same(): the store equals the server
+    assert lines[1].startswith(f"the answer to {method} ") and "was lost last round" in lines[1]
+    assert report.conflicts == []
+    assert report.uploaded + report.deleted_remote == (0 if applied else 1)
+    after = set(peer.admin.export(INBOX)["items"])
+    expected = {
+        "edit": before,
+        "create": before | {"Mine.EML"},
+        "delete": before - {"Newsletter.EML"},
+        "rename": before - {"Meeting.EML"} | {"Minutes.EML"},
+    }[kind]
+    assert after == expected  # no "(conflict 1)", "(local 1)" or "(2)" copies
+    if kind == "edit":
+        assert peer.admin.export(INBOX)["items"]["Report.EML"]["content"].endswith(b"mine\r\n")
+    state = State.load(synced / STATE_FILE)
+    assert state is not None and state.unsure == []
+    assert json.loads((synced / STATE_FILE).read_text()).keys() == {
+        "version",
+        "url",
+        "sql",
+        "collblob",
+        "items",
+    }
+    assert run(peer, synced)[0].manifests == 1  # and nothing left over
+
+
+def test_a_lost_answer_then_a_server_edit_then_a_failed_download(
+    peer: Peer, relay: Relay, synced: Path
+) -> None:
+    """The server applied our PUT (its answer lost), then changed the item again; the next
+    round's manifest brings a real conflict, and the download of the server's version is cut
+    off: the local file stays, and the round after keeps both versions."""
+    mine = b"Subject: edited\r\n\r\nmine\r\n"
+    (synced / "Report.EML").write_bytes(mine)
+    relay.fault("PUT", "/Report.EML", "lost")
+    with pytest.raises(SyncError, match="not sent again"):
+        sync(relay.url + INBOX, synced, out=lambda _: None)
+    peer.admin.post("modify", path=INBOX + "Report.EML", subject="Theirs")
+    relay.fault("GET", "/Report.EML", "drop", "drop")
+    with pytest.raises(SyncError, match=r"GET .*Report\.EML"):
+        sync(relay.url + INBOX, synced, out=lambda _: None)
+    assert (synced / "Report.EML").read_bytes() == mine
+    assert not (synced / "Report (conflict 1).EML").exists()
+    report, _ = run(peer, synced)
+    assert len(report.conflicts) == 1 and report.deleted_remote == 0
+    server = peer.admin.export(INBOX)["items"]
+    assert server["Report.EML"]["props"]["{urn:schemas:httpmail:}subject"] == "Theirs"
+    assert server["Report (conflict 1).EML"]["content"] == mine
 
 
 def test_rename_onto_a_name_taken_on_the_server(peer: Peer, synced: Path) -> None:

@@ -16,8 +16,12 @@ content under a new name) a local move; the next round uploads them.
 One round:
 1. no collblob yet: the initial manifest (empty collblob), page by page, then downloads;
 2. uploads of local changes, each conditional on the last known tag (``If: (<rt:…>)``); a 412 is
-   a conflict: the server's version is fetched into the item's file and the local version is kept
-   next to it as ``NAME (conflict N).ext`` and uploaded as a new item, so both versions survive;
+   a conflict: the server's version is fetched, and only once it is in hand is the local version
+   copied next to it as ``NAME (conflict N).ext`` (uploaded as a new item) and the item's file
+   replaced by the server's, so both versions survive whatever fails in between;
+   a write is never sent twice: each is noted in the state file until its answer is in, and when
+   an answer was lost the next round reads the updated manifest first, which tells whether the
+   server applied the write (the store then has its result) or not (the change is uploaded);
 3. the updated manifest with the collblob and a ``resourcetaglist`` of the tags this round
    obtained out of band (from uploads and out-of-manifest GETs), page by page until a short page;
 4. a 475 at any manifest: drop the collblob, fetch the full manifest again and reconcile the store
@@ -50,6 +54,7 @@ import hashlib
 import http.client
 import json
 import os
+import select
 import ssl
 import sys
 from collections.abc import Callable
@@ -74,6 +79,8 @@ SUBJECT = "{urn:schemas:httpmail:}subject"
 FILEAS = "{urn:schemas:contacts:}fileas"
 CONTENT_TYPE = f"{{{DAV}}}getcontenttype"
 USER_AGENT = "repltap-sync/0.1"
+# Sent once more when a kept-alive connection closes under them; writes never are.
+IDEMPOTENT = frozenset({"GET", "HEAD", "PROPFIND", "SEARCH", "OPTIONS"})
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _TYPES = {
     ".eml": "message/rfc822",
@@ -85,6 +92,10 @@ _TYPES = {
 
 class SyncError(Exception):
     """A failure that ends the round; the message is one readable sentence."""
+
+
+class AnswerLost(SyncError):
+    """A write went out and its answer never came: the server may or may not have applied it."""
 
 
 class InvalidCollblob(Exception):
@@ -151,31 +162,65 @@ class Http:
             return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
+    def _idle_closed(self) -> bool:
+        """The kept-alive connection is readable while no answer is due: the server closed it
+        (or sent something unasked for); either way it cannot carry another request."""
+        sock = self.conn.sock if self.conn is not None else None
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def request(
         self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
     ) -> Reply:
-        """Send a request for ``path`` (on the server's origin) and read the whole answer."""
+        """Send a request for ``path`` (on the server's origin) and read the whole answer.
+
+        When a kept-alive connection closes under a request, an idempotent one (GET, HEAD,
+        PROPFIND, SEARCH, OPTIONS) is sent once more on a new connection. A write is never sent
+        again: the server may have applied it before the connection went, and a second copy
+        could be applied twice. Its failure raises AnswerLost, and the round ends there."""
         url = self.origin + path
         # Through a plain-HTTP proxy the request line carries the absolute URL.
         target = url if self.proxy is not None and self.scheme == "http" else path
         h = {"User-Agent": USER_AGENT, **(headers or {})}
+        idempotent = method.upper() in IDEMPOTENT
+        where = f"the proxy {self.proxy.geturl()}" if self.proxy else self.origin
         for attempt in range(2):
+            if self.conn is not None and not idempotent and self._idle_closed():
+                self.close()  # closed while idle: a write goes on a new connection instead
             fresh = self.conn is None
             if self.conn is None:
                 self.conn = self._connect()
+                try:
+                    self.conn.connect()  # nothing is sent yet: a failure here is no lost answer
+                except (OSError, http.client.HTTPException) as e:
+                    self.close()
+                    raise SyncError(f"{method} {url}: cannot talk to {where}: {e}") from None
             try:
                 self.conn.request(method, target, body=body or None, headers=h)
                 resp = self.conn.getresponse()
                 data = resp.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            except (OSError, http.client.HTTPException) as e:
                 self.close()
+                closed = isinstance(
+                    e, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+                )
+                if not idempotent:
+                    how = "the connection was closed" if closed else "the exchange failed"
+                    raise AnswerLost(
+                        f"{method} {url}: {how} before its answer came ({e}); the server may or "
+                        "may not have applied it, so it is not sent again: the next round reads "
+                        "the manifest first to learn which"
+                    ) from None
+                if not closed:
+                    raise SyncError(f"{method} {url}: cannot talk to {where}: {e}") from None
                 if fresh or attempt:
                     raise SyncError(f"{method} {url}: the connection was closed ({e})") from None
                 continue  # a kept-alive connection the server closed meanwhile: once more
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                where = f"the proxy {self.proxy.geturl()}" if self.proxy else self.origin
-                raise SyncError(f"{method} {url}: cannot talk to {where}: {e}") from None
             if resp.will_close:
                 self.close()
             return Reply(resp.status, resp.reason, resp.getheaders(), data)
@@ -211,6 +256,11 @@ class State:
     sql: str
     collblob: str | None = None
     items: dict[str, Item] = field(default_factory=dict)
+    # Writes sent and not yet answered ("PUT /path"): written down before each write goes out
+    # and cleared once its answer is in, so that after a round that ended without the answer
+    # (a lost connection, a timeout, a killed process) the next one knows to read the manifest
+    # before it writes again.
+    unsure: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> State | None:
@@ -221,7 +271,10 @@ class State:
             if doc.get("version") != STATE_VERSION:
                 raise ValueError(f"unknown version {doc.get('version')!r}")
             items = {uid: Item(**d) for uid, d in doc["items"].items()}
-            return cls(doc["url"], doc["sql"], doc.get("collblob"), items)
+            unsure = doc.get("unsure", [])
+            if not isinstance(unsure, list) or not all(isinstance(w, str) for w in unsure):
+                raise ValueError("unsure: not a list of strings")
+            return cls(doc["url"], doc["sql"], doc.get("collblob"), items, unsure)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SyncError(
                 f"the state file {path} cannot be read ({e}); move it away to start afresh"
@@ -235,6 +288,8 @@ class State:
             "collblob": self.collblob,
             "items": {uid: asdict(i) for uid, i in sorted(self.items.items())},
         }
+        if self.unsure:
+            doc["unsure"] = self.unsure
         _atomic_write(path, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode())
 
 
@@ -440,6 +495,15 @@ class Sync:
         try:
             if state.collblob is None:
                 self.full_sync("initial")
+            elif state.unsure:
+                self.say(
+                    f"the answer to {', '.join(state.unsure)} was lost last round: the manifest "
+                    "first, to learn whether the server applied it"
+                )
+                self.update()
+            if state.unsure:
+                state.unsure = []  # what the server applied is in the store now
+                self.save()
             self.upload()
             self.update()
         finally:
@@ -603,32 +667,60 @@ class Sync:
         name = file_name(path)
         if item is not None and item.tag == entry["tag"]:
             # Client-side conflict avoidance: the same state is here already (spec §11).
-            if item.href != path and not self.dirty(item):
+            if item.href != path and (not self.dirty(item) or self.renamed_here(item, name)):
                 self.move_local(item, name, path)
                 self.say(f"  ↷ {self.label(item)}  moved on the server (same repl-uid and tag)")
                 self.report.moved += 1
             else:
                 self.say(f"  = {self.label(item)}  already here (same tag)")
             return
-        if item is not None and self.dirty(item) and self.file(item.name).exists():
-            keep = self.free_name(item.name, "conflict")
-            os.replace(self.file(item.name), self.file(keep))
-            self.report.conflicts.append(
-                f"{item.name} changed on the server and here; your version is kept as “{keep}” "
-                "and will be uploaded as a new item next round"
-            )
-            self.say(f"  ! conflict: {self.report.conflicts[-1]}")
+        # The server's version first: the local file is not touched until it is in hand.
         got = self.download(path, entry["tag"])
         if got is None:
             self.say(f"  ? {name}: gone before it could be downloaded")
             return
         content, tag, ctype, fresh = got
+        same = False
+        if item is not None and self.dirty(item) and self.file(item.name).exists():
+            local = self.file(item.name).read_bytes()
+            same = local == content  # e.g. our own upload, whose answer was lost
+            if not same:
+                keep = self.keep_aside(item, local)
+                self.report.conflicts.append(
+                    f"{item.name} changed on the server and here; your version is kept as "
+                    f"“{keep}” and will be uploaded as a new item"
+                )
+                self.say(f"  ! conflict: {self.report.conflicts[-1]}")
         merged = {**props, **fresh}
         self.place(uid, name, path, content, tag, ctype or merged.get(CONTENT_TYPE), merged)
         item = self.state.items[uid]
         self.report.downloaded += 1
         word = entry["type"]
-        self.say(f"  ↓ {self.label(item)}  {word}, {short_token(tag, 6)}")
+        if same:
+            self.say(f"  = {self.label(item)}  {word}, {short_token(tag, 6)}: the version here")
+        else:
+            self.say(f"  ↓ {self.label(item)}  {word}, {short_token(tag, 6)}")
+
+    def renamed_here(self, item: Item, name: str) -> bool:
+        """The item's file was renamed here to ``name`` (same bytes as last synchronised): the
+        rename the server reports is this one (e.g. our MOVE, whose answer was lost)."""
+        p = self.file(name)
+        return (
+            not self.file(item.name).exists()
+            and name not in self.tracked()
+            and p.is_file()
+            and _sha(p.read_bytes()) == item.sha256
+        )
+
+    def keep_aside(self, item: Item, local: bytes) -> str:
+        """Copy the local version of an item to a free ``NAME (conflict N).ext``, to be uploaded
+        as a new item; the caller then puts the server's version (already in hand) in the item's
+        file. The item's file exists at every moment: nothing that fails or stops the round in
+        between leaves it missing, which the next round would read as a local delete (a kill
+        leaves at worst the local version twice)."""
+        keep = self.free_name(item.name, "conflict")
+        _atomic_write(self.file(keep), local)
+        return keep
 
     def place(
         self,
@@ -642,7 +734,7 @@ class Sync:
     ) -> None:
         """Write an item's file and record it, making room if another file has its name."""
         old = self.state.items.get(uid)
-        self.make_room(name, uid)
+        self.make_room(name, uid, _sha(content))
         _atomic_write(self.file(name), content)
         if old is not None and old.name != name and self.file(old.name).exists():
             self.file(old.name).unlink()
@@ -651,13 +743,17 @@ class Sync:
             uid, name, path, tag, _sha(content), ctype or guess_type(name), keep
         )
 
-    def make_room(self, name: str, uid: str) -> None:
-        """A file called ``name`` that is not item ``uid``'s is moved aside."""
+    def make_room(self, name: str, uid: str, sha256: str) -> None:
+        """A file called ``name`` that is not item ``uid``'s is moved aside, unless it is an
+        untracked file with the item's very bytes (``sha256``): that one is the item already
+        (e.g. our upload of it, whose answer was lost)."""
         p = self.file(name)
         if not p.exists():
             return
         owner = self.tracked().get(name)
         if owner is not None and owner.uid == uid:
+            return
+        if owner is None and p.is_file() and _sha(p.read_bytes()) == sha256:
             return
         aside = self.free_name(name, "local" if owner is None else "renamed")
         os.replace(p, self.file(aside))
@@ -667,7 +763,7 @@ class Sync:
             self.say(f"  ! {name} exists here but not on the server: kept as “{aside}”")
 
     def move_local(self, item: Item, name: str, path: str) -> None:
-        self.make_room(name, item.uid)
+        self.make_room(name, item.uid, item.sha256)
         if self.file(item.name).exists():
             os.replace(self.file(item.name), self.file(name))
         item.name, item.href = name, path
@@ -767,6 +863,25 @@ class Sync:
         while self.creates:
             self.up_create(self.creates.pop(0))
 
+    def write(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Reply:
+        """A write, noted in the state file before it goes out and struck off once its answer
+        is in. Without an answer (AnswerLost, a timeout, a killed process) the note stays: the
+        next round reads the manifest before it writes, and finds there whether the server
+        applied the write (a change, new item, move or delete with the content the store
+        already has) or not (nothing: the local change is still there to upload)."""
+        what = f"{method} {path}"
+        self.state.unsure.append(what)
+        self.save()
+        try:
+            rep = self.http.request(method, path, headers, body)
+        except AnswerLost:
+            raise
+        except SyncError:
+            self.state.unsure.remove(what)  # never sent (no connection): nothing to learn
+            raise
+        self.state.unsure.remove(what)
+        return rep
+
     def tag_of(self, rep: Reply) -> tuple[str | None, str | None]:
         tag = strip_coded_url(rep.header("ResourceTag") or "") or None
         uid = strip_coded_url(rep.header("Repl-UID") or "") or None
@@ -777,6 +892,11 @@ class Sync:
         got = self.download(item.href, None)
         if got is None:
             return False
+        self.take(item, got)
+        return True
+
+    def take(self, item: Item, got: tuple[bytes, str, str | None, dict[str, str]]) -> None:
+        """Put a downloaded server version of ``item`` in its file and record it."""
         content, tag, ctype, props = got
         self.place(
             item.uid,
@@ -789,10 +909,9 @@ class Sync:
         )
         self.ack(tag)  # obtained out of band: must not come back in the manifest
         self.report.downloaded += 1
-        return True
 
     def up_delete(self, item: Item) -> None:
-        rep = self.http.request("DELETE", item.href, {"If": f"(<{item.tag}>)"})
+        rep = self.write("DELETE", item.href, {"If": f"(<{item.tag}>)"})
         if rep.status in (200, 204, 404):
             # The DELETE's ResourceTag is ignored (spec §13.19).
             del self.state.items[item.uid]
@@ -816,7 +935,7 @@ class Sync:
 
     def up_move(self, item: Item, name: str) -> None:
         dest = self.path + quote(name, safe=_PATH_SAFE.replace("/", ""))
-        rep = self.http.request(
+        rep = self.write(
             "MOVE",
             item.href,
             {"Destination": self.http.origin + dest, "Overwrite": "F", "If": f"(<{item.tag}>)"},
@@ -859,7 +978,7 @@ class Sync:
 
     def up_edit(self, item: Item) -> None:
         content = self.file(item.name).read_bytes()
-        rep = self.http.request(
+        rep = self.write(
             "PUT",
             item.href,
             {"If": f"(<{item.tag}>)", "Content-Type": item.content_type, "Translate": "f"},
@@ -883,9 +1002,20 @@ class Sync:
                 )
         elif rep.status == 412:
             old = item.tag
-            keep = self.free_name(item.name, "conflict")
-            os.replace(self.file(item.name), self.file(keep))
-            if self.refetch(item):
+            # The server's version first, and only then is the local one set aside: should the
+            # GET fail, the round ends with the local edit where it was, and the next round
+            # sends the PUT again (a spurious 412, injected on the way, must not turn into a
+            # DELETE of the server's version because the item's file went missing).
+            got = self.download(item.href, None)
+            local = self.file(item.name).read_bytes()
+            if got is not None and got[0] == local:
+                self.take(item, got)  # the server has this very version: nothing to keep apart
+                self.say(f"  = PUT {item.name} if {short_token(old, 6)} → 412: the same content")
+                self.save()
+                return
+            if got is not None:
+                keep = self.keep_aside(item, local)
+                self.take(item, got)
                 msg = (
                     f"{item.name} changed on the server since your edit (412): the server's "
                     f"version is in {item.name}, yours in “{keep}”, uploaded as a new item"
@@ -893,7 +1023,6 @@ class Sync:
                 self.creates.append(keep)
             else:
                 del self.state.items[item.uid]
-                os.replace(self.file(keep), self.file(item.name))
                 msg = (
                     f"{item.name} was deleted on the server while you edited it (412): "
                     "your version is uploaded as a new item"
@@ -910,7 +1039,7 @@ class Sync:
         ctype = guess_type(name)
         for _ in range(20):
             path = self.path + quote(name, safe=_PATH_SAFE.replace("/", ""))
-            rep = self.http.request(
+            rep = self.write(
                 "PUT",
                 path,
                 {"If-None-Match": "*", "Content-Type": ctype, "Translate": "f"},
