@@ -319,17 +319,24 @@ def test_drop_before_the_server(lab: Lab, box: Box) -> None:
 
 
 def test_dropw_the_answer_after_the_server_wrote(lab: Lab, box: Box) -> None:
-    """A PUT reaches the server, its answer is lost: the next round's conditional write meets a
-    412, and the client keeps both versions (the store still ends equal to the server)."""
+    """A PUT reaches the server, its answer is lost: the client does not send it again (the
+    round ends), and the next round reads the manifest before it writes: it finds its own edit
+    there and takes the server's tag, with no conflict and no duplicate."""
     assert box.sync()[0]
     box.edit("Report.EML")
-    ok, _ = box.sync()
-    assert not ok
+    ok, lines = box.sync()
+    assert not ok and "not sent again" in lines[-1]
     assert lab.faults("dropw")[0]["phase"] == "response"
     assert box.server()["Report.EML"]["content"].endswith(b"-- edited here\r\n")  # it was stored
     runs = box.converge()
-    assert any("conflict" in line for line in runs[-1])
+    assert any("was lost last round" in line for line in runs[-1])
+    assert not any("conflict" in line for line in runs[-1])
+    assert "Report (conflict 1).EML" not in box.server()
     assert box.same()
+    puts = [f for f in lab.flows(quote(box.path)) if f.request.method == "PUT"]
+    assert len(puts) == 1  # sent once
+    codes = [e["code"] for e in lab.events() if e["event"] == "anomaly" and box.path in str(e)]
+    assert "retry-without-refresh" not in codes and "stale-condition" not in codes, codes
 
 
 def test_reset_is_a_tcp_rst(lab: Lab, box: Box) -> None:
