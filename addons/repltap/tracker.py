@@ -552,7 +552,7 @@ class Tracker:
                 if r is not None:
                     r.deleted = True
             c.items.clear()
-            if c.holding.get(client) == sent:
+            if sent is not None and c.holding.get(client) == sent:
                 del c.holding[client]
             c.last_page = None
             return

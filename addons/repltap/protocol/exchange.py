@@ -407,9 +407,14 @@ def decode_response(
     return resp
 
 
+def _ascii_number(text: str, digits: int) -> bool:
+    """Only ASCII digits: str.isdigit() also takes "²" and other digits int() refuses."""
+    return text.isascii() and text.isdigit() and len(text) <= digits
+
+
 def _declared_length(h: HeaderView) -> int | None:
     v = h.get("content-length")
-    if v is not None and v.strip().isdigit() and len(v.strip()) <= 18:
+    if v is not None and _ascii_number(v.strip(), 18):
         return int(v.strip())
     return None
 

@@ -72,7 +72,8 @@ def normalise_path(path_or_url: str) -> str:
             return p
         if not _BAD_ESCAPE.search(p):
             return _ESCAPE.sub(_normal_escape, p)
-    return quote(unquote(p), safe=_PATH_SAFE)
+    # surrogateescape: mitmproxy hands over a path that is not UTF-8 with its bytes escaped
+    return quote(unquote(p, errors="surrogateescape"), safe=_PATH_SAFE, errors="surrogateescape")
 
 
 def short_token(token: str | None, keep: int = 6) -> str:

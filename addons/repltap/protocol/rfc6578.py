@@ -84,7 +84,7 @@ def decode_request(
         elif tag == DAV + "limit":
             n = child.find(DAV + "nresults")
             t = _text(n)
-            if t is not None and t.isdigit() and len(t) <= 18:
+            if t is not None and t.isascii() and t.isdigit() and len(t) <= 18:
                 req.limit = int(t)
             else:
                 req.malformed.append(f"DAV:limit not read: nresults is {t!r}")

@@ -17,7 +17,8 @@ def parse_status_line(text: str | None) -> int | None:
     if not text:
         return None
     parts = text.split()
-    if len(parts) >= 2 and parts[1].isdigit() and len(parts[1]) == 3:
+    # isascii: str.isdigit() also takes "²" and other digits int() refuses
+    if len(parts) >= 2 and parts[1].isascii() and parts[1].isdigit() and len(parts[1]) == 3:
         return int(parts[1])
     return None
 
