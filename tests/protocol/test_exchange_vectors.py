@@ -310,7 +310,7 @@ def test_streamed_reading_agrees_with_the_tree(stem: str, monkeypatch: pytest.Mo
     """Bodies over safexml.STREAM_ABOVE are read as a stream; every vector must read alike."""
     from repltap.protocol import xml as safexml
 
-    req, tree = dec(stem)
+    _, tree = dec(stem)
     monkeypatch.setattr(safexml, "STREAM_ABOVE", 0)
     _, streamed = dec(stem)
     assert streamed.to_dict() == tree.to_dict()
