@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import cache, decode, proxy, tracker
+from . import cache, cache_scale, decode, proxy, tracker
 
 
 def machine() -> dict[str, Any]:
@@ -29,6 +29,7 @@ def main() -> int:
         tracker.cost(),
         tracker.memory(),
         cache.run(),
+        *cache_scale.run(),
         proxy.run(),
     ]
     print(f"{'benchmark':<34} {'baseline':>12} {'repltap':>12} {'ratio':>7}  target  ok")
