@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test lint bench demo clean
+.PHONY: help venv test lint bench demo clean fuzz soak
 
 help:
 	@echo "make test   - create .venv, install repltap with its test extra, run the test suite"
@@ -38,3 +38,15 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Fuzz the decoders for FUZZ_SECONDS and grow tests/fuzz/corpus/ (atheris if it installs,
+# Hypothesis otherwise); tests/fuzz/test_corpus.py replays the corpus in `make test`.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'atheris>=2.3' || echo "atheris cannot be installed: fuzzing with Hypothesis"
+	$(BIN)/python tests/fuzz/fuzz_decode.py --seconds $(FUZZ_SECONDS)
+
+# Mixed sync traffic with faults through a real mitmdump for SOAK_MINUTES; never part of CI.
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
