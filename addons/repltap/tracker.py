@@ -272,7 +272,6 @@ class Collection:
     issued: dict[str, list[TokenRecord]] = field(default_factory=dict)  # token -> issues
     children: dict[str | None, list[TokenRecord]] = field(default_factory=dict)
     holding: dict[str, str] = field(default_factory=dict)  # client -> newest valid token
-    sent: list[tuple[str, str | None, str]] = field(default_factory=list)  # (client, token, flow)
     items: dict[str, str] = field(default_factory=dict)  # repl-uid (or path) -> resource path
     last_page: dict[str, Any] | None = None
     rejected: dict[str, set[str]] = field(default_factory=dict)  # client -> tokens refused
@@ -512,7 +511,6 @@ class Tracker:
                 **where,
                 detail=f"sync-collection REPORT with Depth: {req['depth']}",
             )
-        c.sent.append((client, sent, flow))
 
         if resp is None:
             return  # the flow failed; the log shows its manifest request only through errors
