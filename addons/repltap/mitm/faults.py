@@ -54,6 +54,7 @@ from ..faults.scenario import (
 from ..faults.scenario import load as load_scenario
 from ..protocol import exchange
 from ..protocol.model import normalise_path
+from ..summary import SUMMARY_KEYS
 from .cache import SYNTHETIC_KEY
 from .decode import META_KEY, upstream_of
 
@@ -68,23 +69,6 @@ _MAX_PAGES = 1_000
 _HANG_POLL = 0.05  # seconds between looks at whether a hung client has given up
 _REASONS = {210: "Content Different", 412: "Precondition Failed", 475: "Invalid collblob"}
 _WRITES = frozenset(("upload", "delete", "move", "copy", "mkcol"))
-# What Decode's summary itself holds (summary.summarise): anything else was put there by another
-# addon and survives a re-read.
-_SUMMARY_KEYS = frozenset(
-    [
-        "v",
-        "protocol",
-        "kind",
-        "method",
-        "target",
-        "collection",
-        "upstream",
-        "request",
-        "response",
-        "error",
-        "summary",
-    ]
-)
 
 
 @dataclass
@@ -894,7 +878,7 @@ class Faults:
             after = flow.metadata.get(META_KEY)
             if isinstance(before, dict) and isinstance(after, dict) and after is not before:
                 for k, v in before.items():
-                    if k not in after and k not in _SUMMARY_KEYS:
+                    if k not in after and k not in SUMMARY_KEYS:
                         after[k] = v
         self._attach(flow)
 
