@@ -12,6 +12,8 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
 	@echo "make demo   - the main job on the built-in reference server"
+	@echo "make fuzz   - fuzz the decoders for FUZZ_SECONDS (60) and grow tests/fuzz/corpus"
+	@echo "make soak   - SOAK_MINUTES (30) of mixed sync traffic with faults; memory and events checked"
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "no Python >= 3.12 found; see scripts/find-python" >&2; exit 1; }
