@@ -17,6 +17,7 @@ Identities (design.md, "the event log contract"):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from .protocol.model import normalise_path
 
 EVENT_VERSION = 1
+MAX_KEPT_ANOMALIES = 10_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +277,7 @@ class Collection:
     items: dict[str, str] = field(default_factory=dict)  # repl-uid (or path) -> resource path
     last_page: dict[str, Any] | None = None
     rejected: dict[str, set[str]] = field(default_factory=dict)  # client -> tokens refused
+    clients: set[str] = field(default_factory=set)  # clients that were ever issued a token
     syncs: int = 0
 
 
@@ -330,7 +333,9 @@ class Tracker:
         self.collections: dict[str, Collection] = {}
         self.resources: dict[str, dict[str, Resource]] = {}  # upstream -> path -> resource
         self.token_home: dict[tuple[str, str, str], str] = {}  # (upstream, path, token) -> key
-        self.anomalies: list[dict[str, Any]] = []
+        # The latest anomalies, for repl.anomalies: the log keeps them all, a long-running
+        # proxy need not (python-caldav alone adds one on every sync).
+        self.anomalies: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT_ANOMALIES)
         self._now: tuple[float, str, str, list[dict[str, Any]]] = (0.0, "", "", [])
 
     # ---------------------------------------------------------------- entry point
@@ -562,7 +567,7 @@ class Tracker:
             kind = "unchanged"
             new = sent
         elif sent is None:
-            kind = "reset" if c.chain and any(r.client == client for r in c.chain) else "initial"
+            kind = "reset" if client in c.clients else "initial"
             new = received
         elif received == sent:
             kind = "unchanged"
@@ -614,6 +619,7 @@ class Tracker:
             )
         if new is not None and new != sent:
             rec = TokenRecord(new, sent, client, flow, self.seq, ranged=bool(req.get("range")))
+            c.clients.add(client)
             c.chain.append(rec)
             c.issued.setdefault(new, []).append(rec)
             c.children.setdefault(sent, []).append(rec)
