@@ -13,7 +13,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, flowfilter, http
 
 from .. import protocol
-from ..protocol.model import Request
+from ..protocol.model import Request, Response
 from ..protocol.xml import DEFAULT_MAX_BYTES
 from ..summary import SUMMARY_KEYS, is_relevant, summarise
 
@@ -52,6 +52,38 @@ def answered(flow: http.HTTPFlow) -> bool:
     )
 
 
+def decode_request_of(flow: http.HTTPFlow, max_bytes: int) -> Request:
+    """The meaning of a flow's request (live and offline alike)."""
+    body, why = _body(flow.request)
+    req = protocol.decode_request(
+        flow.request.method, flow.request.path, flow.request.headers, body, max_bytes=max_bytes
+    )
+    if why is not None and flow.request.method in ("SEARCH", "PROPFIND"):
+        req.notes.append(f"request body not decoded: {why}")
+    return req
+
+
+def decode_response_of(
+    flow: http.HTTPFlow, req: Request, max_bytes: int, hints: protocol.Hints
+) -> Response:
+    """The meaning of a flow's answer to ``req``, learning what its upstream speaks."""
+    assert flow.response is not None
+    body, why = _body(flow.response)
+    upstream = upstream_of(flow)
+    resp = protocol.decode_response(
+        req,
+        flow.response.status_code,
+        flow.response.headers,
+        body,
+        max_bytes=max_bytes,
+        hint=hints.get(upstream),
+    )
+    hints.learn(upstream, req, resp)
+    if why is not None and req.manifest:
+        resp.notes.append(f"response body not decoded: {why}")
+    return resp
+
+
 def decode_flow(
     flow: http.HTTPFlow,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -61,28 +93,14 @@ def decode_flow(
 
     Pass the same ``hints`` for every flow of a session, in order, as the live decoder keeps.
     """
-    upstream = upstream_of(flow)
-    body, _ = _body(flow.request)
-    req = protocol.decode_request(
-        flow.request.method, flow.request.path, flow.request.headers, body, max_bytes=max_bytes
-    )
+    req = decode_request_of(flow, max_bytes)
     resp = None
     if flow.response is not None:
-        rbody, _ = _body(flow.response)
-        resp = protocol.decode_response(
-            req,
-            flow.response.status_code,
-            flow.response.headers,
-            rbody,
-            max_bytes=max_bytes,
-            hint=hints.get(upstream) if hints else None,
-        )
-    if hints is not None:
-        hints.learn(upstream, req, resp)
+        resp = decode_response_of(flow, req, max_bytes, hints or protocol.Hints())
     if not is_relevant(req, resp):
         return None
     error = flow.error.msg if flow.error and not answered(flow) else None
-    return summarise(req, resp, upstream=upstream, error=error)
+    return summarise(req, resp, upstream=upstream_of(flow), error=error)
 
 
 class Decode:
@@ -130,16 +148,7 @@ class Decode:
     def request(self, flow: http.HTTPFlow) -> None:
         if not self._wanted(flow):
             return
-        body, why = _body(flow.request)
-        req = protocol.decode_request(
-            flow.request.method,
-            flow.request.path,
-            flow.request.headers,
-            body,
-            max_bytes=ctx.options.repl_max_body,
-        )
-        if why is not None and flow.request.method in ("SEARCH", "PROPFIND"):
-            req.notes.append(f"request body not decoded: {why}")
+        req = decode_request_of(flow, ctx.options.repl_max_body)
         if len(self.pending) >= _MAX_PENDING:
             self.pending.pop(next(iter(self.pending)))
         self.pending[flow.id] = req
@@ -150,19 +159,7 @@ class Decode:
         req = self._request_of(flow)
         if req is None or flow.response is None:
             return
-        body, why = _body(flow.response)
-        upstream = upstream_of(flow)
-        resp = protocol.decode_response(
-            req,
-            flow.response.status_code,
-            flow.response.headers,
-            body,
-            max_bytes=ctx.options.repl_max_body,
-            hint=self.hints.get(upstream),
-        )
-        self.hints.learn(upstream, req, resp)
-        if why is not None and req.manifest:
-            resp.notes.append(f"response body not decoded: {why}")
+        resp = decode_response_of(flow, req, ctx.options.repl_max_body, self.hints)
         if is_relevant(req, resp):
             self._store(flow, req, resp)
 
