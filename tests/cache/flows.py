@@ -15,20 +15,14 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from mitmproxy import http
-from mitmproxy.proxy.layers.http import (
-    HttpErrorHook,
-    HttpRequestHeadersHook,
-    HttpRequestHook,
-    HttpResponseHeadersHook,
-    HttpResponseHook,
-)
 from mitmproxy.test import taddons, tflow
 
 from repltap.mitm.cache import Cache
 from repltap.mitm.decode import Decode
 from repltap.mitm.log import Log
 from repltap.mitm.track import Track
-from tests.tracker.build import manifest_request, manifest_response
+from tests.harness.hooks import run_hooks
+from tests.tracker.build import manifest_request, manifest_response, sync_answer_body
 
 INBOX = "/exchange/alice/Inbox/"
 CAL = "/alice/cal/"
@@ -102,28 +96,8 @@ def sync_answer(
     if invalid is not None:
         body = b'<D:error xmlns:D="DAV:"><D:valid-sync-token/></D:error>'
         return http.Response.make(invalid, body, XML)
-    parts = ['<D:multistatus xmlns:D="DAV:">']
-    if truncated:
-        parts.append(
-            f"<D:response><D:href>{path}</D:href><D:status>HTTP/1.1 507 Insufficient Storage"
-            "</D:status></D:response>"
-        )
-    for href, etag in members:
-        if etag is None:
-            parts.append(
-                f"<D:response><D:href>{href}</D:href><D:status>HTTP/1.1 404 Not Found"
-                "</D:status></D:response>"
-            )
-        else:
-            parts.append(
-                f"<D:response><D:href>{href}</D:href><D:propstat><D:prop><D:getetag>"
-                f"{escape(etag)}</D:getetag></D:prop><D:status>HTTP/1.1 200 OK</D:status>"
-                "</D:propstat></D:response>"
-            )
-    if received is not None:
-        parts.append(f"<D:sync-token>{escape(received)}</D:sync-token>")
-    parts.append("</D:multistatus>")
-    return http.Response.make(207, "".join(parts).encode(), XML)
+    body = sync_answer_body(path, received, list(members), truncated=truncated)
+    return http.Response.make(207, body, XML)
 
 
 def write(
@@ -167,18 +141,7 @@ class Chain:
     async def run(self, f: http.HTTPFlow, upstream: http.Response | None) -> http.HTTPFlow:
         """The flow through every hook; ``upstream`` answers unless an addon did (None: the
         connection fails, and the flow ends in an error)."""
-        m = self.tctx.master.addons
-        await m.handle_lifecycle(HttpRequestHeadersHook(f))
-        await m.handle_lifecycle(HttpRequestHook(f))
-        if f.response is None:
-            self.upstream_calls += 1
-            if upstream is None:
-                f.error = tflow.terr("[Errno 111] Connection refused")
-                await m.handle_lifecycle(HttpErrorHook(f))
-                return f
-            f.response = upstream
-        await m.handle_lifecycle(HttpResponseHeadersHook(f))
-        await m.handle_lifecycle(HttpResponseHook(f))
+        self.upstream_calls += await run_hooks(self.tctx.master.addons, f, upstream)
         return f
 
     def call(self, name: str, *args: Any) -> Any:

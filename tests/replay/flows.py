@@ -15,13 +15,6 @@ from xml.sax.saxutils import escape
 
 from mitmproxy import http, io
 from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.proxy.layers.http import (
-    HttpErrorHook,
-    HttpRequestHeadersHook,
-    HttpRequestHook,
-    HttpResponseHeadersHook,
-    HttpResponseHook,
-)
 from mitmproxy.test import taddons, tflow
 
 from repltap.mitm.decode import Decode
@@ -29,7 +22,9 @@ from repltap.mitm.log import Log
 from repltap.mitm.record import Record
 from repltap.mitm.replay import Replay
 from repltap.mitm.track import Track
-from tests.tracker.build import SQL, manifest_response
+from repltap.offline import read_flows
+from tests.harness.hooks import run_hooks
+from tests.tracker.build import SQL, manifest_response, sync_answer_body
 
 INBOX = "/exchange/alice/Inbox/"
 CAL = "/alice/cal/"
@@ -117,15 +112,7 @@ def report(sent: str | None, *, path: str = CAL, limit: int | None = None) -> ht
 
 def sync_answer(received: str, members: list[tuple[str, str]] = ()) -> http.Response:  # type: ignore[assignment]
     """A sync-collection answer; members are (href, etag)."""
-    parts = ['<D:multistatus xmlns:D="DAV:">']
-    for href, etag in members:
-        parts.append(
-            f"<D:response><D:href>{href}</D:href><D:propstat><D:prop><D:getetag>"
-            f"{escape(etag)}</D:getetag></D:prop><D:status>HTTP/1.1 200 OK</D:status>"
-            "</D:propstat></D:response>"
-        )
-    parts.append(f"<D:sync-token>{escape(received)}</D:sync-token></D:multistatus>")
-    return http.Response.make(207, "".join(parts).encode(), XML)
+    return http.Response.make(207, sync_answer_body(CAL, received, list(members)), XML)
 
 
 def item(body: bytes, tag: str) -> http.Response:
@@ -164,18 +151,7 @@ class Chain:
     async def run(self, f: http.HTTPFlow, upstream: http.Response | None = None) -> http.HTTPFlow:
         """The flow through every hook; ``upstream`` answers unless an addon did (None: the
         connection fails, and the flow ends in an error)."""
-        m = self.tctx.master.addons
-        await m.handle_lifecycle(HttpRequestHeadersHook(f))
-        await m.handle_lifecycle(HttpRequestHook(f))
-        if f.response is None:
-            self.upstream_calls += 1
-            if upstream is None:
-                f.error = tflow.terr("[Errno 111] Connection refused")
-                await m.handle_lifecycle(HttpErrorHook(f))
-                return f
-            f.response = upstream
-        await m.handle_lifecycle(HttpResponseHeadersHook(f))
-        await m.handle_lifecycle(HttpResponseHook(f))
+        self.upstream_calls += await run_hooks(self.tctx.master.addons, f, upstream)
         return f
 
     def events(self, event: str = "replay") -> list[dict[str, Any]]:
@@ -195,5 +171,4 @@ def write_flows(path: Path, flows: list[http.HTTPFlow]) -> Path:
 
 
 def read(path: Path) -> list[http.HTTPFlow]:
-    with path.open("rb") as fo:
-        return [f for f in io.FlowReader(fo).stream() if isinstance(f, http.HTTPFlow)]
+    return read_flows(path)

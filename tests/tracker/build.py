@@ -111,6 +111,38 @@ def write(
     return summarise(req, resp, upstream=UPSTREAM)
 
 
+def sync_answer_body(
+    path: str,
+    received: str | None,
+    members: list[tuple[str, str | None]],
+    *,
+    truncated: bool = False,
+) -> bytes:
+    """A sync-collection 207 body; members: (href, etag or None for a removed member)."""
+    parts = ['<D:multistatus xmlns:D="DAV:">']
+    if truncated:
+        parts.append(
+            f"<D:response><D:href>{path}</D:href><D:status>HTTP/1.1 507 Insufficient Storage"
+            "</D:status></D:response>"
+        )
+    for href, etag in members:
+        if etag is None:
+            parts.append(
+                f"<D:response><D:href>{href}</D:href><D:status>HTTP/1.1 404 Not Found</D:status>"
+                "</D:response>"
+            )
+        else:
+            parts.append(
+                f"<D:response><D:href>{href}</D:href><D:propstat><D:prop><D:getetag>"
+                f"{escape(etag)}</D:getetag></D:prop><D:status>HTTP/1.1 200 OK</D:status>"
+                "</D:propstat></D:response>"
+            )
+    if received is not None:
+        parts.append(f"<D:sync-token>{escape(received)}</D:sync-token>")
+    parts.append("</D:multistatus>")
+    return "".join(parts).encode()
+
+
 def sync(
     path: str,
     sent: str | None,
@@ -135,28 +167,8 @@ def sync(
         rbody = b'<D:error xmlns:D="DAV:"><D:valid-sync-token/></D:error>'
         resp = protocol.decode_response(req, error_status, {}, rbody)
         return summarise(req, resp, upstream=UPSTREAM)
-    parts = ['<D:multistatus xmlns:D="DAV:">']
-    if truncated:
-        parts.append(
-            f"<D:response><D:href>{path}</D:href><D:status>HTTP/1.1 507 Insufficient Storage"
-            "</D:status></D:response>"
-        )
-    for href, etag in members:
-        if etag is None:
-            parts.append(
-                f"<D:response><D:href>{href}</D:href><D:status>HTTP/1.1 404 Not Found</D:status>"
-                "</D:response>"
-            )
-        else:
-            parts.append(
-                f"<D:response><D:href>{href}</D:href><D:propstat><D:prop><D:getetag>"
-                f"{escape(etag)}</D:getetag></D:prop><D:status>HTTP/1.1 200 OK</D:status>"
-                "</D:propstat></D:response>"
-            )
-    if received is not None:
-        parts.append(f"<D:sync-token>{escape(received)}</D:sync-token>")
-    parts.append("</D:multistatus>")
-    resp = protocol.decode_response(req, status, {}, "".join(parts).encode())
+    body = sync_answer_body(path, received, members, truncated=truncated)
+    resp = protocol.decode_response(req, status, {}, body)
     return summarise(req, resp, upstream=UPSTREAM)
 
 
