@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mitmproxy import io
 
-from tests.harness.canned import CannedServer, RawResponse
-from tests.harness.mitm import raw_exchange, split_response, start_mitmdump
+from tests.harness.mitm import split_response
+from tests.harness.vectors import send_all_vectors, vector_server
 from tests.vectors.load import load_pair, stems
 
 pytestmark = pytest.mark.e2e
@@ -20,52 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "addons" / "repl.py")
 
 
-def _canned() -> CannedServer:
-    """A server that answers each vector's request (picked by the X-Canned header)."""
-    by_key = {}
-    for stem in stems():
-        _, rs = load_pair(stem)
-        by_key[stem] = RawResponse(rs.status, rs.reason, list(rs.headers), rs.body)
-    return CannedServer(by_key=by_key)
-
-
-def _request_bytes(stem: str, port: int) -> bytes:
-    rq, _ = load_pair(stem)
-    head, sep, body = rq.to_bytes().partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    lines = [
-        f"Host: 127.0.0.1:{port}".encode() if line.lower().startswith(b"host:") else line
-        for line in lines
-    ]
-    lines.insert(1, f"X-Canned: {stem}".encode())
-    return b"\r\n".join(lines) + sep + body
-
-
-def _run_all(
-    up: CannedServer, proxy_args: list[str], confdir: str
-) -> tuple[list[bytes], list[bytes], str]:
-    """Send every vector through a fresh mitmdump; return (client got, server got, output)."""
-    first = len(up.received)
-    m = start_mitmdump(
-        "--mode",
-        f"reverse:{up.url}",
-        "--set",
-        "connection_strategy=lazy",
-        *proxy_args,
-        confdir=confdir,
-    )
-    try:
-        got = [raw_exchange(m.port, _request_bytes(stem, m.port)) for stem in stems()]
-    finally:
-        rc = m.stop()
-    assert rc == 0, m.output()
-    return got, list(up.received[first:]), m.output()
-
-
 def test_decoded_metadata_in_the_flow_file(mitm_confdir: str, tmp_path: Path) -> None:
     rec = tmp_path / "rec.mitm"
-    with _canned() as up:
-        _run_all(up, ["-s", SCRIPT, "-w", str(rec), "--flow-detail", "0"], mitm_confdir)
+    with vector_server() as up:
+        send_all_vectors(up, ["-s", SCRIPT, "-w", str(rec), "--flow-detail", "0"], mitm_confdir)
     with rec.open("rb") as fo:
         flows = {f.request.headers["X-Canned"]: f for f in io.FlowReader(fo).stream()}
     assert set(flows) == set(stems())
@@ -97,9 +55,9 @@ def test_decoded_metadata_in_the_flow_file(mitm_confdir: str, tmp_path: Path) ->
 
 
 def test_the_addon_changes_no_byte(mitm_confdir: str, tmp_path: Path) -> None:
-    with _canned() as up:  # one server, so the rewritten Host header is the same in both runs
-        bare_client, bare_server, _ = _run_all(up, ["--flow-detail", "0"], mitm_confdir)
-        with_client, with_server, _ = _run_all(
+    with vector_server() as up:  # one server, so the rewritten Host header is the same in both runs
+        bare_client, bare_server, _ = send_all_vectors(up, ["--flow-detail", "0"], mitm_confdir)
+        with_client, with_server, _ = send_all_vectors(
             up, ["-s", SCRIPT, "--flow-detail", "0"], mitm_confdir
         )
     assert len(with_client) == len(stems())
@@ -115,8 +73,8 @@ def test_the_addon_changes_no_byte(mitm_confdir: str, tmp_path: Path) -> None:
 
 
 def test_flow_detail_shows_the_contentview(mitm_confdir: str, tmp_path: Path) -> None:
-    with _canned() as up:
-        _, _, out = _run_all(up, ["-s", SCRIPT, "--flow-detail", "3"], mitm_confdir)
+    with vector_server() as up:
+        _, _, out = send_all_vectors(up, ["-s", SCRIPT, "--flow-detail", "3"], mitm_confdir)
     assert "== WebDAV replication (exchange): manifest /exchange/alice/Inbox/" in out
     assert "collblob sent: (none: initial sync, empty-element)" in out
     assert "changetype  href" in out

@@ -35,7 +35,6 @@ from repltap.protocol import exchange
 from repltap.sim.admin import AdminClient, AdminError
 from repltap.sim.client import STATE_FILE, Reply, State, Sync, SyncError, build_sql, manifest_body
 from repltap.sim.server import ReplServer, Settings, serve_in_thread, stop_server
-from tests.harness.canned import CannedServer, RawResponse
 from tests.harness.mitm import (
     MitmProc,
     raw_exchange,
@@ -44,7 +43,7 @@ from tests.harness.mitm import (
     start_mitmdump,
 )
 from tests.harness.peers import RADICALE_CALENDAR, RADICALE_USER, radicale
-from tests.vectors.load import load_pair, stems
+from tests.harness.vectors import send_all_vectors, vector_server
 
 pytestmark = pytest.mark.e2e
 
@@ -544,25 +543,6 @@ def test_retype_new_as_change(lab: Lab, box: Box) -> None:
 # ================================================================== no fault, no change
 
 
-def _canned() -> CannedServer:
-    by_key = {}
-    for stem in stems():
-        _, rs = load_pair(stem)
-        by_key[stem] = RawResponse(rs.status, rs.reason, list(rs.headers), rs.body)
-    return CannedServer(by_key=by_key)
-
-
-def _vector_bytes(stem: str, port: int) -> bytes:
-    rq, _ = load_pair(stem)
-    head, sep, body = rq.to_bytes().partition(b"\r\n\r\n")
-    lines = [
-        f"Host: 127.0.0.1:{port}".encode() if line.lower().startswith(b"host:") else line
-        for line in head.split(b"\r\n")
-    ]
-    lines.insert(1, f"X-Canned: {stem}".encode())
-    return b"\r\n".join(lines) + sep + body
-
-
 def test_no_scenario_or_every_rule_disabled_changes_no_byte(
     mitm_confdir: str, tmp_path: Path
 ) -> None:
@@ -580,28 +560,14 @@ def test_no_scenario_or_every_rule_disabled_changes_no_byte(
         )
     )  # fmt: skip
     runs = []
-    with _canned() as up:
+    with vector_server() as up:
         for args in (
             [],
             ["-s", SCRIPT],
             ["-s", SCRIPT, "--set", f"repl_faults={off}"],
         ):
-            first = len(up.received)
-            m = start_mitmdump(
-                "--mode",
-                f"reverse:{up.url}",
-                "--set",
-                "connection_strategy=lazy",
-                "--flow-detail",
-                "0",
-                *args,
-                confdir=mitm_confdir,
-            )
-            try:
-                got = [raw_exchange(m.port, _vector_bytes(s, m.port)) for s in stems()]
-            finally:
-                assert m.stop() == 0, m.output()
-            runs.append((got, list(up.received[first:])))
+            got, received, _ = send_all_vectors(up, ["--flow-detail", "0", *args], mitm_confdir)
+            runs.append((got, received))
     assert runs[1] == runs[0]
     assert runs[2] == runs[0]
 
