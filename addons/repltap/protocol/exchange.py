@@ -515,7 +515,8 @@ def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, 
     """Like :func:`_read_entries`, for a body too large to hold as a tree: elements come as
     they end (a response's fields before the response), and finished responses are freed as
     the stream goes. The field handling is written out in both loops on purpose: a shared
-    per-element function call would cost the tree path about a tenth of its decode budget. Returns (R:repl seen, collblob text, root is DAV:multistatus).
+    per-element function call would cost the tree path about a tenth of its decode budget.
+    Returns (R:repl seen, collblob text, root is DAV:multistatus).
 
     Raises :class:`~repltap.protocol.xml.XmlProblem` on bad XML, possibly after filling some
     entries: the caller clears them.
