@@ -96,13 +96,21 @@ def test_corrupt_flip(token: str, flipped: str) -> None:
     assert rewrite.corrupt(token, "flip", random.Random(1)) == flipped
 
 
-def test_corrupt_other_modes_and_minted_page_tokens() -> None:
+def test_corrupt_other_modes() -> None:
     g = rewrite.corrupt("abc", "garbage", random.Random(1))
     assert g == rewrite.corrupt("abc", "garbage", random.Random(1)) and len(g) == 8 and g != "abc"
     assert rewrite.corrupt("abc", "empty", random.Random(1)) == ""
-    t = rewrite.mint_page_token("T9", 1, 3)
-    assert t.startswith("repltap-page-1-of-3-") and t == rewrite.mint_page_token("T9", 1, 3)
-    assert t != rewrite.mint_page_token("T8", 1, 3)
+
+
+def test_minted_page_tokens_name_their_split_and_page() -> None:
+    sid = rewrite.split_id("T9", 2, b"<body/>")
+    assert sid == rewrite.split_id("T9", 2, b"<body/>")  # the same traffic, the same bytes
+    others = [("T8", 2, b"<body/>"), ("T9", 3, b"<body/>"), ("T9", 2, b"<other/>")]
+    assert all(rewrite.split_id(*o) != sid for o in others)
+    t = rewrite.mint_page_token(sid, 1, 3)
+    assert t.startswith("repltap-page-1-of-3-") and rewrite.read_page_token(t) == (sid, 1, 3)
+    for other in ("T9", "repltap-page-3-of-3-" + sid, "repltap-page-1-of-3-x", t + "0"):
+        assert rewrite.read_page_token(other) is None
 
 
 def test_entries_dropped_duplicated_reordered() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,11 +257,31 @@ def corrupt(token: str, mode: str, rng: random.Random) -> str:
     return token + "x"
 
 
-def mint_page_token(final: str, page: int, pages: int) -> str:
-    """The token handed out with page ``page`` of ``pages``: recognisably ours, never one the
-    server issued, and the same for the same answer (so the same traffic gives the same bytes)."""
-    digest = hashlib.sha256(f"{final}\0{page}".encode()).hexdigest()[:12]
-    return f"repltap-page-{page}-of-{pages}-{digest}"
+_PAGE_TOKEN = re.compile(r"repltap-page-([1-9][0-9]{0,8})-of-([1-9][0-9]{0,8})-([0-9a-f]{16})")
+
+
+def split_id(final: str, rows: int, body: bytes) -> str:
+    """The name of one split answer, carried by each of its page tokens: the same for the same
+    answer split the same way (so the same traffic gives the same bytes), and different for two
+    answers that end in the same token (two clients at one collblob with different acks)."""
+    h = hashlib.sha256(final.encode("utf-8", "surrogatepass"))
+    h.update(f"\0{rows}\0".encode())
+    h.update(body)
+    return h.hexdigest()[:16]
+
+
+def mint_page_token(split: str, page: int, pages: int) -> str:
+    """The token handed out with page ``page`` of ``pages`` of the split answer ``split``:
+    recognisably ours, never one the server issued."""
+    return f"repltap-page-{page}-of-{pages}-{split}"
+
+
+def read_page_token(token: str) -> tuple[str, int, int] | None:
+    """(split, page, pages) of a token :func:`mint_page_token` made; None for any other."""
+    m = _PAGE_TOKEN.fullmatch(token)
+    if m is None or int(m[1]) >= int(m[2]):
+        return None
+    return m[3], int(m[1]), int(m[2])
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,14 @@ What may live here: the mitmproxy side of faults: hooks, the socket trick for TC
 continuation of split manifests, counters and commands. What to inject and when is decided by
 repltap.faults.scenario; answers are rewritten by repltap.faults.rewrite.
 
+What is kept between flows is bounded by what it costs, for sessions that never end: split
+answers (their follow-up pages) within 64 MiB and 256 answers, least recently used let go first;
+the server's answers kept for stale_token within another 64 MiB; tokens counted or watched for
+only as far as the scenario's ``after_token`` asks (from the moment it is loaded). A client that
+comes back for a page of an answer let go gets the rejection the server gives a token it no
+longer knows (475, or 403/412 + valid-sync-token), answered here and recorded as a ``paginate``
+fault with ``evicted: true``: it starts over, as after any expired token.
+
 Where each fault happens (hooks run in the order of ``addons`` in repl.py: Decode, then the
 cache, then this addon, then Track, so each flow is decoded before it is faulted, the cache keeps
 the server's own answers, and the tracker sees what the client receives; after changing an
@@ -34,6 +42,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -61,20 +70,29 @@ from .decode import META_KEY, upstream_of
 logger = logging.getLogger(__name__)
 
 MARK = ":zap:"
-# Bounds on what is remembered between flows, against sessions that never end.
+MiB = 1024 * 1024
+# Bounds on what is remembered between flows, against sessions that never end: by what it costs,
+# as one kept answer may be a multi-megabyte body.
 _MAX_FLOWS = 10_000
 _MAX_COLLECTIONS = 1_000
-_MAX_TOKENS = 100_000
-_MAX_PAGES = 1_000
+_MAX_UPSTREAMS = 1_000
+# Split answers kept for their follow-up pages may cost this much; as much again the server's
+# answers kept for stale_token and swap_token.
+_KEEP_BYTES = 64 * MiB
+_MAX_SPLITS = 256  # clients in the middle of a split answer at once
+_MAX_GONE = 1_000  # split answers let go whose page tokens are still recognised
+_COUNT_RECENT = 64  # a collection's latest tokens, told apart from new ones when counting
+_MAX_STYLE_BODY = 64 * 1024  # a server's own rejection larger than this is not copied
+_OVERHEAD = 512  # bytes a kept answer costs beyond its body and headers (objects, slots)
 _HANG_POLL = 0.05  # seconds between looks at whether a hung client has given up
 _REASONS = {210: "Content Different", 412: "Precondition Failed", 475: "Invalid collblob"}
 _WRITES = frozenset(("upload", "delete", "move", "copy", "mkcol"))
 
 
 @dataclass
-class _Page:
-    """A follow-up page of a manifest this addon split (paginate): served when the client
-    comes back with the token the previous page handed out."""
+class _Split:
+    """A manifest answer this addon split (paginate): page k is served when the client comes
+    back with the token page k - 1 handed out."""
 
     rule: str
     target: str
@@ -83,13 +101,50 @@ class _Page:
     reason: str
     headers: list[tuple[bytes, bytes]]
     body: bytes  # the server's whole answer
-    start: int
-    stop: int
-    token: str  # handed out with this page: the next minted one, or the server's own
-    last: bool
-    remaining: int  # rows left from this page on (Exchange Content-Range total)
-    page: int
+    rows: int
+    count: int  # its entries
+    total: int  # rows in all (the server's Content-Range total, or the count)
     pages: int
+    final: str  # the server's own token, handed out with the last page
+    server: str  # its Server header: the style of the rejection once the answer is let go
+    size: int = 0  # what keeping it costs, in bytes
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """A split answer let go (the budget, or a reload): its page tokens are still recognised, and
+    rejected the way a server rejects a token it no longer knows."""
+
+    rule: str
+    target: str
+    protocol: str
+    server: str
+    dav_prefix: str | None
+    why: str
+
+
+class _Count:
+    """The distinct tokens handed out for one collection, counted only as far as an
+    ``after_token: N`` of the scenario needs (``upto``): past that, no rule learns anything
+    more. Told apart by the collection's latest tokens, which is where a repeated one is."""
+
+    __slots__ = ("n", "recent")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.recent: dict[int, None] = {}  # hashes of the latest tokens, oldest first
+
+    def add(self, token: str, upto: int) -> None:
+        h = hash(token)
+        if self.n >= upto or h in self.recent:
+            return
+        self.n += 1
+        if self.n >= upto:
+            self.recent.clear()  # counted far enough: nothing left to tell apart
+            return
+        self.recent[h] = None
+        if len(self.recent) > _COUNT_RECENT:
+            del self.recent[next(iter(self.recent))]
 
 
 class _Cutter:
@@ -131,14 +186,24 @@ class Faults:
         self.ended: set[str] = set()  # flows a terminal fault ended: later phases leave them
         self.ours: set[str] = set()  # flows this addon answered itself
         self.cutters: dict[str, tuple[RuleState, int, _Cutter, bool]] = {}
-        self.pages: OrderedDict[str, _Page] = OrderedDict()
-        # (collection, initial or incremental) -> the server's own answers: (flow id, answer)
-        self.history: OrderedDict[str, deque[tuple[str, http.Response]]] = OrderedDict()
+        # Split answers by the id their page tokens carry, least recently used first, within
+        # _KEEP_BYTES and _MAX_SPLITS; those let go are remembered (small) as gone.
+        self.splits: OrderedDict[str, _Split] = OrderedDict()
+        self.split_bytes = 0
+        self.gone: OrderedDict[str, _Gone] = OrderedDict()
+        # (collection, initial or incremental) -> the server's own answers, oldest first:
+        # (flow id, answer, its size), all within _KEEP_BYTES
+        self.history: OrderedDict[str, deque[tuple[str, http.Response, int]]] = OrderedDict()
+        self.history_bytes = 0
         self.last_tokens: OrderedDict[str, str] = OrderedDict()  # collection -> server's token
-        self.coll_tokens: OrderedDict[str, set[str]] = OrderedDict()
-        self.tokens_seen: OrderedDict[str, None] = OrderedDict()
-        self.upstream_protocol: dict[str, str] = {}
-        self.styles: dict[str, tuple[int, str, bytes, str]] = {}  # upstream -> its own rejection
+        # after_token: only what the loaded scenario asks about is counted or watched for.
+        self.count_to = 0  # its largest number
+        self.watched: frozenset[str] = frozenset()  # its tokens
+        self.coll_tokens: OrderedDict[str, _Count] = OrderedDict()
+        self.tokens_seen: set[str] = set()  # the watched tokens seen on the wire
+        self.upstream_protocol: OrderedDict[str, str] = OrderedDict()
+        # upstream -> its own rejection of a sync-token
+        self.styles: OrderedDict[str, tuple[int, str, bytes, str]] = OrderedDict()
         self.keep_history = 0
 
     # ---------------------------------------------------------------- options
@@ -169,9 +234,20 @@ class Faults:
         self.generation += 1
         self.scenario = sc
         self.states = {r.name: RuleState(r) for r in sc.rules} if sc else {}
-        self.pages.clear()
+        for sid, split in list(self.splits.items()):
+            self._let_go(sid, split, "the fault scenario was changed")
+        self.splits.clear()
+        self.split_bytes = 0
         self.history.clear()
+        self.history_bytes = 0
         self.last_tokens.clear()
+        # Tokens are counted and watched for from the moment a scenario is loaded, like its
+        # rules' counters: what the new one asks about may not be what the old one did.
+        afters = [r.match.after_token for r in sc.rules] if sc else []
+        self.count_to = max([a for a in afters if isinstance(a, int)] or [0])
+        self.watched = frozenset(a for a in afters if isinstance(a, str))
+        self.coll_tokens.clear()
+        self.tokens_seen.clear()
         self._index()
         kinds = {s.rule.action.type for s in self.states.values()}
         self.keep_history = max(
@@ -208,13 +284,13 @@ class Faults:
             self.records[flow.id] = [dict(r) for r in recorded if isinstance(r, dict)]
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if self.scenario is None or not (self.by_phase[REQUEST] or self.pages):
+        if self.scenario is None or not (self.by_phase[REQUEST] or self.splits or self.gone):
             return
         if flow.response or flow.error or not flow.live:
             return  # answered or killed by someone else, or read from a file
         view = self._view(flow, REQUEST)
         await self._run(flow, REQUEST, view)
-        if self.pages and flow.response is None and flow.error is None and flow.live:
+        if (self.splits or self.gone) and not (flow.response or flow.error or not flow.live):
             self._continue_split(flow, view)
         self._attach(flow)
 
@@ -230,6 +306,8 @@ class Faults:
         if self.scenario is None:
             if flow.id in self.records:  # read from a recording
                 self._finish(flow)
+            else:
+                self._forget(flow)  # in case the scenario went while the flow was under way
             return
         if flow.id in self.cutters:
             self._finish_truncation(flow)
@@ -247,8 +325,8 @@ class Faults:
 
     def error(self, flow: http.HTTPFlow) -> None:
         if self.scenario is None and flow.id not in self.records:
+            self._forget(flow)  # in case the scenario went while the flow was under way
             return
-        self.cutters.pop(flow.id, None)
         self._finish(flow)
 
     def done(self) -> None:
@@ -491,24 +569,15 @@ class Faults:
     def _reject_token(self, flow: http.HTTPFlow, st: RuleState, n: int, view: FlowView) -> None:
         assert flow.response is not None
         server = flow.response
-        wanted = st.rule.action.params["status"]
-        sent = view.sent_token or ""
-        up = upstream_of(flow)
-        if view.protocol == "exchange" and wanted in ("auto", "475"):
-            status, reason, ctype = 475, _REASONS[475], "text/plain; charset=utf-8"
-            body = f"475 Invalid collblob: rejected by repltap fault rule {st.rule.name}\n".encode()
-            style = "475"
-        elif view.protocol == "rfc6578" and wanted == "auto" and up in self.styles:
-            status, reason, body, ctype = self.styles[up]
-            style = "the server's own"
-        else:
-            xandikos = _looks_like_xandikos(sent, server.headers.get("server", ""))
-            status = int(wanted) if wanted != "auto" else (412 if xandikos else 403)
-            reason = "Precondition Failed" if status == 412 else "Forbidden"
-            desc = f"Requested sync token {sent} is invalid" if status == 412 else None
-            body = rewrite.invalid_sync_token_body(rewrite.dav_prefix(server.content or b""), desc)
-            ctype = "text/xml; charset=utf-8"
-            style = str(status) + (" (Xandikos)" if xandikos and wanted == "auto" else "")
+        status, reason, body, ctype, style = self._rejection(
+            st.rule.name,
+            upstream_of(flow),
+            view.sent_token or "",
+            view.protocol,
+            st.rule.action.params["status"],
+            server.headers.get("server", ""),
+            lambda: rewrite.dav_prefix(server.content or b""),
+        )
         headers = [(b"Content-Type", ctype.encode())]
         for keep in ("server", "date"):
             for v in server.headers.get_all(keep):
@@ -528,6 +597,32 @@ class Faults:
             token=view.sent_token,
         )
 
+    def _rejection(
+        self,
+        rule: str,
+        up: str,
+        sent: str,
+        protocol: str,
+        wanted: str,
+        server_name: str,
+        dav_prefix: Callable[[], str | None],
+    ) -> tuple[int, str, bytes, str, str]:
+        """How upstream ``up`` rejects the token ``sent``: (status, reason, body, content type,
+        the style's name). ``wanted``: ``auto`` or a status."""
+        if protocol == "exchange" and wanted in ("auto", "475"):
+            body = f"475 Invalid collblob: rejected by repltap fault rule {rule}\n".encode()
+            return 475, _REASONS[475], body, "text/plain; charset=utf-8", "475"
+        if protocol == "rfc6578" and wanted == "auto" and up in self.styles:
+            status, reason, body, ctype = self.styles[up]
+            return status, reason, body, ctype, "the server's own"
+        xandikos = _looks_like_xandikos(sent, server_name)
+        status = int(wanted) if wanted != "auto" else (412 if xandikos else 403)
+        reason = "Precondition Failed" if status == 412 else "Forbidden"
+        desc = f"Requested sync token {sent} is invalid" if status == 412 else None
+        body = rewrite.invalid_sync_token_body(dav_prefix(), desc)
+        style = str(status) + (" (Xandikos)" if xandikos and wanted == "auto" else "")
+        return status, reason, body, "text/xml; charset=utf-8", style
+
     def _split(
         self, flow: http.HTTPFlow, st: RuleState, m: rewrite.Manifest, view: FlowView
     ) -> tuple[str, dict[str, Any]]:
@@ -539,13 +634,14 @@ class Faults:
         count = len(m.entries())
         pages = math.ceil(count / rows)
         final = m.token or ""
-        tokens = [rewrite.mint_page_token(final, i + 1, pages) for i in range(pages - 1)] + [final]
+        sid = rewrite.split_id(final, rows, body)
         total = _content_range_total(resp) or count
-        m.keep_page(0, rows, tokens[0], truncated=True)
+        m.keep_page(0, rows, rewrite.mint_page_token(sid, 1, pages), truncated=True)
         if view.protocol == "exchange":
             resp.headers["Content-Range"] = f"rows 0-{rows - 1}; total={total}"
-        for i in range(1, pages):
-            self.pages[tokens[i - 1]] = _Page(
+        self._keep(
+            sid,
+            _Split(
                 rule=st.rule.name,
                 target=view.path,
                 protocol=view.protocol,
@@ -557,48 +653,135 @@ class Faults:
                     if k.lower() not in (b"content-length", b"content-range")
                 ],
                 body=body,
-                start=i * rows,
-                stop=min(count, (i + 1) * rows),
-                token=tokens[i],
-                last=i == pages - 1,
-                remaining=total - i * rows,
-                page=i + 1,
+                rows=rows,
+                count=count,
+                total=total,
                 pages=pages,
-            )
-        while len(self.pages) > _MAX_PAGES:
-            self.pages.popitem(last=False)
+                final=final,
+                server=resp.headers.get("server", ""),
+            ),
+        )
         return (
             f"split the {count} entries into {pages} pages of {rows}; page 1 now",
             {"page": 1, "pages": pages, "rows": rows, "entries": count},
         )
 
+    def _keep(self, sid: str, split: _Split) -> None:
+        """Keep a split answer for its follow-up pages; the least recently used go first when
+        the kept ones cost more than _KEEP_BYTES or outnumber _MAX_SPLITS (the newest stays)."""
+        split.size = (
+            len(split.body)
+            + sum(len(k) + len(v) for k, v in split.headers)
+            + len(split.final)
+            + _OVERHEAD
+        )
+        old = self.splits.pop(sid, None)
+        if old is not None:
+            self.split_bytes -= old.size
+        self.gone.pop(sid, None)
+        self.splits[sid] = split
+        self.split_bytes += split.size
+        while len(self.splits) > 1 and (
+            self.split_bytes > _KEEP_BYTES or len(self.splits) > _MAX_SPLITS
+        ):
+            gone_id, gone = self.splits.popitem(last=False)
+            self.split_bytes -= gone.size
+            why = (
+                f"the split answers kept held more than {_KEEP_BYTES // MiB} MiB"
+                if self.split_bytes + split.size > _KEEP_BYTES
+                else f"more than {_MAX_SPLITS} split answers were kept"
+            )
+            self._let_go(gone_id, gone, why)
+
+    def _let_go(self, sid: str, split: _Split, why: str) -> None:
+        """Forget a split answer's body, but not that its page tokens were ours."""
+        prefix = rewrite.dav_prefix(split.body) if split.protocol == "rfc6578" else None
+        self.gone[sid] = _Gone(split.rule, split.target, split.protocol, split.server, prefix, why)
+        _trim(self.gone, sid, _MAX_GONE)
+
     def _continue_split(self, flow: http.HTTPFlow, view: FlowView) -> None:
-        """The client asks with a token a split page handed out: answer the next page."""
-        page = self.pages.get(view.sent_token or "")
-        if page is None or page.target != view.path or not view.manifest:
+        """The client asks with a token a split page handed out: answer the next page, or, once
+        the split answer is let go, reject the token as the server would an expired one (the
+        client starts over, as after any rejected token, and the fault event says why)."""
+        ref = rewrite.read_page_token(view.sent_token or "") if view.manifest else None
+        if ref is None:
             return
-        st = self.states.get(page.rule)
-        m = rewrite.parse(page.body, page.protocol, page.target)
-        m.keep_page(page.start, page.stop, page.token, truncated=not page.last)
-        headers = list(page.headers)
-        if page.protocol == "exchange":
-            k = page.stop - page.start
-            headers.append((b"Content-Range", f"rows 0-{k - 1}; total={page.remaining}".encode()))
-        resp = http.Response.make(page.status, m.tobytes(), headers)
-        resp.reason = page.reason
+        sid, page, pages = ref
+        split = self.splits.get(sid)
+        if split is not None and split.target == view.path and split.pages == pages:
+            self.splits.move_to_end(sid)
+            self._serve_page(flow, sid, split, page + 1)
+            return
+        gone = self.gone.get(sid)
+        if gone is not None and gone.target == view.path:
+            self._reject_gone(flow, view, gone, page + 1, pages)
+
+    def _serve_page(self, flow: http.HTTPFlow, sid: str, split: _Split, k: int) -> None:
+        start, stop = (k - 1) * split.rows, min(split.count, k * split.rows)
+        last = k == split.pages
+        token = split.final if last else rewrite.mint_page_token(sid, k, split.pages)
+        m = rewrite.parse(split.body, split.protocol, split.target)
+        m.keep_page(start, stop, token, truncated=not last)
+        headers = list(split.headers)
+        if split.protocol == "exchange":
+            remaining = split.total - start
+            headers.append(
+                (b"Content-Range", f"rows 0-{stop - start - 1}; total={remaining}".encode())
+            )
+        resp = http.Response.make(split.status, m.tobytes(), headers)
+        resp.reason = split.reason
         flow.response = resp
         self._made_up(flow)
         self.ended.add(flow.id)  # the page is the fault: no other rule applies to it
+        st = self.states.get(split.rule)
         if st is not None:
             st.continued += 1
             self._record(
                 flow,
                 st,
                 st.candidates,
-                f"page {page.page} of {page.pages} of the split answer, served without the server",
-                page=page.page,
-                pages=page.pages,
+                f"page {k} of {split.pages} of the split answer, served without the server",
+                page=k,
+                pages=split.pages,
             )
+
+    def _reject_gone(
+        self, flow: http.HTTPFlow, view: FlowView, gone: _Gone, k: int, pages: int
+    ) -> None:
+        st = self.states.get(gone.rule)
+        status, reason, body, ctype, _style = self._rejection(
+            gone.rule,
+            upstream_of(flow),
+            view.sent_token or "",
+            gone.protocol,
+            "auto",
+            gone.server,
+            lambda: gone.dav_prefix,
+        )
+        headers = [(b"Content-Type", ctype.encode())]
+        if gone.server:
+            headers.append((b"Server", gone.server.encode()))
+        resp = http.Response.make(status, body, headers)
+        resp.reason = reason
+        resp.http_version = flow.request.http_version
+        flow.response = resp
+        self._made_up(flow)
+        self.ended.add(flow.id)
+        word = "collblob" if gone.protocol == "exchange" else "sync-token"
+        self._note(
+            flow,
+            gone.rule,
+            "paginate",
+            REQUEST,
+            st.candidates if st is not None else 0,
+            f"page {k} of {pages} of a split answer is no longer kept ({gone.why}): rejected "
+            f"its {word} with {status}, as a server does a token it no longer knows",
+            page=k,
+            pages=pages,
+            status=status,
+            token=view.sent_token,
+            evicted=True,
+        )
 
     # ---------------------------------------------------------------- transport helpers
     def _made_up(self, flow: http.HTTPFlow) -> None:
@@ -712,10 +895,11 @@ class Faults:
             initial=bool(req.get("initial")) if manifest else None,
             sent_token=req.get("token") if manifest else None,
             conditional=conditional and kind in _WRITES,
-            tokens_seen=self.tokens_seen.keys(),  # type: ignore[arg-type]
+            tokens_seen=self.tokens_seen,
         )
         key = _collection_key(flow, view)
-        view.collection_tokens = len(self.coll_tokens.get(key, ()))
+        count = self.coll_tokens.get(key)
+        view.collection_tokens = count.n if count is not None else 0
         resp = flow.response
         if phase == REQUEST or resp is None:
             return view
@@ -765,21 +949,31 @@ class Faults:
         hkey = _history_key(key, view)
         q = self.history.get(hkey)
         if q is None:
-            q = self.history[hkey] = deque(maxlen=self.keep_history + 1)
-        q.append((flow.id, flow.response.copy()))
+            q = self.history[hkey] = deque()
+        size = _size(flow.response)
+        q.append((flow.id, flow.response.copy(), size))
+        self.history_bytes += size
         self.history.move_to_end(hkey)
+        # The oldest answers go first: this collection's beyond what stale_token reaches back,
+        # then whole collections, least recently answered first; the newest answer always stays.
+        while len(q) > self.keep_history + 1 or (self.history_bytes > _KEEP_BYTES and len(q) > 1):
+            self.history_bytes -= q.popleft()[2]
+        while len(self.history) > 1 and (
+            len(self.history) > _MAX_COLLECTIONS or self.history_bytes > _KEEP_BYTES
+        ):
+            _, old = self.history.popitem(last=False)
+            self.history_bytes -= sum(size for _, _, size in old)
         self.last_tokens[key] = view.received_token
         self.last_tokens.move_to_end(key)
-        for d in (self.history, self.last_tokens):
-            while len(d) > _MAX_COLLECTIONS:
-                d.popitem(last=False)
+        while len(self.last_tokens) > _MAX_COLLECTIONS:
+            self.last_tokens.popitem(last=False)
 
     def _earlier(self, flow: http.HTTPFlow, view: FlowView) -> list[http.Response]:
         """The server's earlier answers for this flow's collection to the same kind of manifest
         (initial or incremental), oldest first: an incremental answer handed to an initial sync
         would read as "everything was deleted", which no server says by mistake."""
         q = self.history.get(_history_key(_collection_key(flow, view), view), ())
-        return [r for fid, r in q if fid != flow.id]
+        return [r for fid, r, _ in q if fid != flow.id]
 
     def _learn(self, flow: http.HTTPFlow) -> None:
         """After the answer: which tokens were seen, what this upstream speaks, how it rejects."""
@@ -791,6 +985,7 @@ class Faults:
         up = upstream_of(flow)
         if req.get("manifest") or r.get("tag") or r.get("uid"):
             self.upstream_protocol[up] = str(s.get("protocol", "exchange"))
+            _trim(self.upstream_protocol, up, _MAX_UPSTREAMS)
         if (
             r.get("invalid_token")
             and s.get("protocol") == "rfc6578"
@@ -798,23 +993,26 @@ class Faults:
             and not any(f.get("action") == "invalid_token" for f in self.records.get(flow.id, []))
             and flow.response is not None
         ):
-            self.styles[up] = (
-                flow.response.status_code,
-                flow.response.reason,
-                flow.response.content or b"",
-                flow.response.headers.get("content-type", "text/xml; charset=utf-8"),
-            )
-        for tok in (req.get("token"), r.get("token")):
-            if tok:
-                self.tokens_seen[tok] = None
-        while len(self.tokens_seen) > _MAX_TOKENS:
-            self.tokens_seen.popitem(last=False)
-        if r.get("manifest") and r.get("token"):
+            body = flow.response.content or b""
+            if len(body) <= _MAX_STYLE_BODY:  # else the generic valid-sync-token error serves
+                self.styles[up] = (
+                    flow.response.status_code,
+                    flow.response.reason,
+                    body,
+                    flow.response.headers.get("content-type", "text/xml; charset=utf-8"),
+                )
+                _trim(self.styles, up, _MAX_UPSTREAMS)
+        if self.watched:
+            for tok in (req.get("token"), r.get("token")):
+                if tok in self.watched:
+                    self.tokens_seen.add(tok)
+        if self.count_to and r.get("manifest") and r.get("token"):
             key = f"{up}{normalise_path(flow.request.path)}"
-            self.coll_tokens.setdefault(key, set()).add(r["token"])
-            self.coll_tokens.move_to_end(key)
-            while len(self.coll_tokens) > _MAX_COLLECTIONS:
-                self.coll_tokens.popitem(last=False)
+            count = self.coll_tokens.get(key)
+            if count is None:
+                count = self.coll_tokens[key] = _Count()
+            count.add(r["token"], self.count_to)
+            _trim(self.coll_tokens, key, _MAX_COLLECTIONS)
 
     # ---------------------------------------------------------------- records
     def _record(
@@ -822,10 +1020,22 @@ class Faults:
     ) -> None:
         """A fault happened: on the flow (metadata, mark, comment), in the log, in the console."""
         a = st.rule.action
+        self._note(flow, st.rule.name, a.type, a.phase, n, detail, **effect)
+
+    def _note(
+        self,
+        flow: http.HTTPFlow,
+        rule: str,
+        action: str,
+        phase: str,
+        n: int,
+        detail: str,
+        **effect: Any,
+    ) -> None:
         rec: dict[str, Any] = {
-            "rule": st.rule.name,
-            "action": a.type,
-            "phase": a.phase,
+            "rule": rule,
+            "action": action,
+            "phase": phase,
             "occurrence": n,
             "method": flow.request.method.upper(),
             "target": normalise_path(flow.request.path),
@@ -837,10 +1047,10 @@ class Faults:
             self.records.pop(next(iter(self.records)))
         if not flow.marked:
             flow.marked = MARK
-        line = f"⚡ fault {st.rule.name}: {detail}"
+        line = f"⚡ fault {rule}: {detail}"
         flow.comment = f"{flow.comment}\n{line}" if flow.comment else line
         self._attach(flow)
-        logger.info(f"fault {st.rule.name}: {rec['method']} {rec['target']}: {detail}")
+        logger.info(f"fault {rule}: {rec['method']} {rec['target']}: {detail}")
 
     def _attach(self, flow: http.HTTPFlow) -> None:
         """Put the flow's faults (again) into its summary, which Decode may have replaced."""
@@ -867,6 +1077,7 @@ class Faults:
         self.records.pop(flow.id, None)
         self.ended.discard(flow.id)
         self.ours.discard(flow.id)
+        self.cutters.pop(flow.id, None)
 
     def _refresh(self, flow: http.HTTPFlow) -> None:
         """Have Decode read the changed answer again; what other addons attached to the summary
@@ -992,6 +1203,22 @@ def _addon(name: str) -> Any:
         return ctx.master.addons.get(name)
     except AttributeError:  # no master (a bare unit test)
         return None
+
+
+def _trim(d: OrderedDict[str, Any], key: str, most: int) -> None:
+    """``key`` was just used: it goes last, and the least recently used beyond ``most`` go."""
+    d.move_to_end(key)
+    while len(d) > most:
+        d.popitem(last=False)
+
+
+def _size(resp: http.Response) -> int:
+    """What keeping an answer costs, in bytes (roughly: its body and headers, and objects)."""
+    return (
+        len(resp.raw_content or b"")
+        + sum(len(k) + len(v) for k, v in resp.headers.fields)
+        + _OVERHEAD
+    )
 
 
 def _content_length(resp: http.Response) -> int | None:
