@@ -20,6 +20,7 @@ A scenario::
           initial: false               # manifests only: true = initial syncs, false = incremental
           after_token: 2               # int: once N tokens were handed out for the collection;
                                        # str: once that exact token was seen on the wire
+                                       # (both counted from the scenario's (re)load)
           header: {User-Agent: "repltap-sync/*"}   # request headers (value globs; "*" = present)
           status: [200, 204]           # the server's status (actions after the answer only)
           nth: 2                       # only the 2nd matching flow (or a list: [2, 5])
@@ -829,8 +830,8 @@ class FlowView:
     invalid_token: bool = False  # the server itself rejected the token
     older_answers: int = 0  # earlier manifest answers kept for this collection
     other_tokens: bool = False  # tokens of other collections are known
-    collection_tokens: int = 0  # distinct tokens handed out for this collection so far
-    tokens_seen: frozenset[str] | set[str] = frozenset()
+    collection_tokens: int = 0  # distinct tokens handed out for it (up to the largest after_token)
+    tokens_seen: frozenset[str] | set[str] = frozenset()  # (of those after_token names)
 
 
 def applies(action: Action, v: FlowView) -> bool:
