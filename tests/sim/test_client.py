@@ -53,7 +53,8 @@ def synced(peer: Peer, tmp_path: Path) -> Path:
 # An action of the relay on one request: passed on (None); "drop": the connection closes before
 # the server sees the request; "lost": the server applies it and the connection closes before its
 # answer comes back; "close": answered, then the connection closes (with no "Connection: close"
-# said); a status: answered so by the relay (as a proxy would), the server never sees the request.
+# said); "untagged": the answer without its ResourceTag header (repltap's strip_tags); a status:
+# answered so by the relay (as a proxy would), the server never sees the request.
 Action = str | int | None
 
 
@@ -99,6 +100,8 @@ class Relay:
                     self.close_connection = True
                     return
                 self.send_response_only(r.status, r.reason)
+                if action == "untagged":
+                    skip += ("resourcetag",)
                 for k, v in r.getheaders():
                     if k.lower() not in skip:
                         self.send_header(k, v)
@@ -242,6 +245,73 @@ def test_a_failed_refetch_after_412_loses_nothing(
     else:  # both versions
         assert server["Report.EML"]["props"]["{urn:schemas:httpmail:}subject"] == "Theirs"
         assert server["Report (conflict 1).EML"]["content"] == mine
+
+
+def item_named(store: Path, name: str) -> clientmod.Item:
+    state = State.load(store / STATE_FILE)
+    assert state is not None
+    return next(i for i in state.items.values() if i.name == name)
+
+
+@pytest.mark.parametrize("spurious", [True, False], ids=["injected-412", "real-412"])
+def test_a_refetch_without_resourcetag_after_412_does_not_fail_the_round(
+    peer: Peer, relay: Relay, synced: Path, spurious: bool
+) -> None:
+    """The server's version, fetched after a 412, comes without ResourceTag (repltap's
+    strip_tags): the round goes on with the content in hand, and the item's tag is left to the
+    manifest, which lists the item with its tag when it changed on the server."""
+    mine = b"Subject: Mine\r\n\r\n"
+    if spurious:  # the server never saw the PUT: its version, and its tag, are the old ones
+        relay.fault("PUT", "/Report.EML", 412)
+    else:
+        peer.admin.post("modify", path=INBOX + "Report.EML", subject="Theirs")
+    relay.fault("GET", "/Report.EML", "untagged")
+    (synced / "Report.EML").write_bytes(mine)
+    report = sync(relay.url + INBOX, synced, out=lambda _: None)
+    same(peer, synced)  # names, bytes and tags
+    assert len(report.conflicts) == 1
+    assert peer.admin.export(INBOX)["items"]["Report (conflict 1).EML"]["content"] == mine
+    if spurious:  # not in the manifest: the old tag stays, marked stale, and it is right
+        assert item_named(synced, "Report.EML").stale
+        assert relay.count("GET", "/Report.EML") == 1
+    else:  # in the manifest: downloaded once more, with its tag
+        assert not item_named(synced, "Report.EML").stale
+        assert relay.count("GET", "/Report.EML") == 2
+    again, _ = run(peer, synced)
+    assert again.conflicts == [] and again.uploaded == again.downloaded == 0
+
+
+def test_a_refetch_without_resourcetag_after_210_is_settled_by_the_manifest(
+    peer: Peer, relay: Relay, synced: Path
+) -> None:
+    peer.admin.post("settings", transform="crlf")
+    (synced / "Lf.EML").write_bytes(b"Subject: lf\n\nline\n")
+    relay.fault("GET", "/Lf.EML", "untagged")
+    report = sync(relay.url + INBOX, synced, out=lambda _: None)
+    same(peer, synced)
+    assert (synced / "Lf.EML").read_bytes() == b"Subject: lf\r\n\r\nline\r\n"
+    assert report.conflicts == [] and not item_named(synced, "Lf.EML").stale
+    assert relay.count("GET", "/Lf.EML") == 2  # the refetch, then for the manifest's tag
+
+
+@pytest.mark.parametrize("kind", ["edit", "create"])
+def test_after_a_210_a_failed_refetch_is_mended_by_the_next_round(
+    peer: Peer, relay: Relay, synced: Path, kind: str
+) -> None:
+    """The tag a 210 gives names the server's changed version: the item is stale until the
+    refetch brings that version, so when the refetch is cut off the next round downloads it
+    (and does not take the version here for the server's because the tags agree)."""
+    peer.admin.post("settings", transform="crlf")
+    name = "Report.EML" if kind == "edit" else "Lf.EML"
+    (synced / name).write_bytes(b"Subject: lf\n\nline\n")
+    relay.fault("GET", "/" + name, "drop", "drop")  # the refetch, and its one retry
+    with pytest.raises(SyncError, match=f"GET .*{name}: the connection was closed"):
+        sync(relay.url + INBOX, synced, out=lambda _: None)
+    assert item_named(synced, name).stale
+    report, _lines = run(peer, synced)  # same(): the server's version is here now
+    assert (synced / name).read_bytes() == b"Subject: lf\r\n\r\nline\r\n"
+    assert report.conflicts == [] and report.uploaded == 0 and report.downloaded == 1
+    assert not item_named(synced, name).stale
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "MOVE"])

@@ -38,11 +38,16 @@ Readings of the spec's ambiguities (§13) chosen by this client:
 - §13.14 with ``--page-size 0`` (no Range) and no Content-Range, a silent server cap is possible:
   the client asks again until a manifest brings no entry.
 - §13.16 deletes are applied by repl-uid; their href is never used.
-- §13.17 ResourceTag/Repl-UID headers with or without angle brackets.
+- §13.17 ResourceTag/Repl-UID headers with or without angle brackets. A GET answer without
+  ResourceTag takes the manifest's tag; a refetch (after a 412 or 210) has none to take: its
+  content is kept and the item marked stale (its last known tag kept), so that the next
+  manifest, which lists the item with its tag, settles it, and a conditional write with the old
+  tag meets a 412 rather than overwriting what it has not seen.
 - §13.18 after a MOVE the destination is read with PROPFIND (``If: (<rid:…>)``) for its tag and uid.
 - §13.19 the ResourceTag of a DELETE answer is ignored.
 - §13.21 MKCOL is not used (the store is one flat collection).
-- §13.22 a 210 answer's body is ignored; the item is downloaded again.
+- §13.22 a 210 answer's body is ignored; the item is downloaded again, and until it is, the
+  item is stale: the tag the 210 gave names the server's version, not the one here.
 - hrefs are used for their path only, joined to the URL the client was given, so that a reverse
   proxy (whose upstream's host appears in the hrefs) stays in the path.
 """
@@ -246,6 +251,11 @@ class Item:
     sha256: str  # of the file as last synchronised
     content_type: str = "application/octet-stream"
     props: dict[str, str] = field(default_factory=dict)
+    # The file is not known to be the version ``tag`` names: its answer came without a
+    # ResourceTag (the tag is the last one known), or it was sent and the server changed it
+    # (210) and its version is not here yet. The next manifest that lists the item downloads it
+    # whatever tag it gives; a conditional write with the old tag gets 412 if it is outdated.
+    stale: bool = False
 
 
 @dataclass
@@ -286,11 +296,18 @@ class State:
             "url": self.url,
             "sql": self.sql,
             "collblob": self.collblob,
-            "items": {uid: asdict(i) for uid, i in sorted(self.items.items())},
+            "items": {uid: _item_doc(i) for uid, i in sorted(self.items.items())},
         }
         if self.unsure:
             doc["unsure"] = self.unsure
         _atomic_write(path, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def _item_doc(item: Item) -> dict[str, object]:
+    doc = asdict(item)
+    if not item.stale:
+        del doc["stale"]  # the usual case says nothing
+    return doc
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -665,7 +682,7 @@ class Sync:
     def apply_change(self, entry: Entry, uid: str, path: str, props: dict[str, str]) -> None:
         item = self.state.items.get(uid)
         name = file_name(path)
-        if item is not None and item.tag == entry["tag"]:
+        if item is not None and item.tag == entry["tag"] and not item.stale:
             # Client-side conflict avoidance: the same state is here already (spec §11).
             if item.href != path and (not self.dirty(item) or self.renamed_here(item, name)):
                 self.move_local(item, name, path)
@@ -680,6 +697,8 @@ class Sync:
             self.say(f"  ? {name}: gone before it could be downloaded")
             return
         content, tag, ctype, fresh = got
+        if tag is None and item is None:
+            raise SyncError(f"GET {path}: no ResourceTag header and no tag in the manifest")
         same = False
         if item is not None and self.dirty(item) and self.file(item.name).exists():
             local = self.file(item.name).read_bytes()
@@ -692,7 +711,12 @@ class Sync:
                 )
                 self.say(f"  ! conflict: {self.report.conflicts[-1]}")
         merged = {**props, **fresh}
-        self.place(uid, name, path, content, tag, ctype or merged.get(CONTENT_TYPE), merged)
+        ctype = ctype or merged.get(CONTENT_TYPE)
+        if tag is None:  # no tag in the manifest nor the answer: the item's stays, as stale
+            assert item is not None
+            self.place(uid, name, path, content, item.tag, ctype, merged, stale=True)
+        else:
+            self.place(uid, name, path, content, tag, ctype, merged)
         item = self.state.items[uid]
         self.report.downloaded += 1
         word = entry["type"]
@@ -731,6 +755,8 @@ class Sync:
         tag: str,
         ctype: str | None,
         props: dict[str, str],
+        *,
+        stale: bool = False,
     ) -> None:
         """Write an item's file and record it, making room if another file has its name."""
         old = self.state.items.get(uid)
@@ -740,7 +766,7 @@ class Sync:
             self.file(old.name).unlink()
         keep = {k: v for k, v in props.items() if k in (SUBJECT, FILEAS)}
         self.state.items[uid] = Item(
-            uid, name, path, tag, _sha(content), ctype or guess_type(name), keep
+            uid, name, path, tag, _sha(content), ctype or guess_type(name), keep, stale
         )
 
     def make_room(self, name: str, uid: str, sha256: str) -> None:
@@ -786,10 +812,13 @@ class Sync:
     # ---------------------------------------------------------------- downloads
     def download(
         self, path: str, expected: str | None
-    ) -> tuple[bytes, str, str | None, dict[str, str]] | None:
+    ) -> tuple[bytes, str | None, str | None, dict[str, str]] | None:
         """GET an item (spec §3 step 2). When its tag is not the manifest's, the item changed
         in between: its properties are read with PROPFIND ``If: (<rt:tag>)`` so that they
-        belong to the content just downloaded (412: it changed again; try again)."""
+        belong to the content just downloaded (412: it changed again; try again). An answer
+        without ResourceTag takes the manifest's tag (``expected``), or, when there is none
+        (a refetch), none: the content is kept and the caller leaves the tag to the next
+        manifest."""
         for _ in range(3):
             rep = self.http.request("GET", path, {"Translate": "f"})
             if rep.status == 404:
@@ -797,10 +826,8 @@ class Sync:
             if rep.status != 200:
                 raise SyncError(f"GET {path}: {rep.status} {rep.reason} {rep.first_line()}")
             tag = strip_coded_url(rep.header("ResourceTag") or "") or expected
-            if tag is None:
-                raise SyncError(f"GET {path}: no ResourceTag header and no tag in the manifest")
             ctype = rep.header("Content-Type")
-            if tag == expected:
+            if tag is None or tag == expected:
                 return rep.body, tag, ctype, {}
             props = self.propfind(path, f"(<{tag}>)", [SUBJECT, FILEAS, TAG, UID, CONTENT_TYPE])
             if props is not None:
@@ -895,17 +922,20 @@ class Sync:
         self.take(item, got)
         return True
 
-    def take(self, item: Item, got: tuple[bytes, str, str | None, dict[str, str]]) -> None:
-        """Put a downloaded server version of ``item`` in its file and record it."""
+    def take(self, item: Item, got: tuple[bytes, str | None, str | None, dict[str, str]]) -> None:
+        """Put a downloaded server version of ``item`` in its file and record it. Without a
+        tag (the answer lost its ResourceTag) the item keeps the one it had, as stale, and it is
+        not acknowledged: the manifest then lists the item, and that settles its tag."""
         content, tag, ctype, props = got
         self.place(
             item.uid,
             item.name,
             item.href,
             content,
-            tag,
+            tag or item.tag,
             ctype or item.content_type,
             {**item.props, **props},
+            stale=tag is None,
         )
         self.ack(tag)  # obtained out of band: must not come back in the manifest
         self.report.downloaded += 1
@@ -988,13 +1018,20 @@ class Sync:
             tag, _ = self.tag_of(rep)
             old = item.tag
             item.tag, item.sha256 = tag or item.tag, _sha(content)
-            self.ack(tag)
+            # After a 210 the tag names the server's changed version, which is not here until
+            # the refetch brings it: stale till then (and not acknowledged), so that a refetch
+            # that fails leaves a state the next manifest mends instead of one that calls our
+            # own version the server's.
+            item.stale = tag is None or rep.status == 210
+            if not item.stale:
+                self.ack(tag)
             self.report.uploaded += 1
             self.say(
                 f"  ↑ PUT {item.name} if {short_token(old, 6)} → {rep.status}, "
                 f"tag {short_token(tag, 6)}"
             )
             if rep.status == 210:
+                self.save()
                 self.refetch(item)
                 self.say(
                     f"    210 Content Different: the server changed {item.name}; "
@@ -1056,15 +1093,18 @@ class Sync:
             tag, uid = self.tag_of(rep)
             if uid is None or tag is None:
                 raise SyncError(f"PUT {path}: {rep.status} without ResourceTag and Repl-UID")
-            item = Item(uid, name, normalise_path(path), tag, _sha(content), ctype, {})
+            stale = rep.status == 210  # as for an edit: the server's version is still to come
+            item = Item(uid, name, normalise_path(path), tag, _sha(content), ctype, {}, stale)
             self.state.items[uid] = item
-            self.ack(tag)
+            if not stale:
+                self.ack(tag)
             self.report.uploaded += 1
             self.say(
                 f"  ↑ PUT {name} (new, If-None-Match: *) → {rep.status}, "
                 f"tag {short_token(tag, 6)}, uid {short_token(uid, 6)}"
             )
             if rep.status == 210:
+                self.save()
                 self.refetch(item)
                 self.say(
                     f"    210 Content Different: the server changed {name}; downloaded its version"
