@@ -28,6 +28,11 @@ Measured: the RSS of the mitmdump process every ``--sample`` seconds. Checked at
 4. traffic flowed (most sync rounds succeeded; failed ones are listed, faults make some fail).
 
 It prints a summary and exits 1 when a check fails. ``--keep`` keeps the scratch directory.
+
+To see what grows, ``--tracemalloc`` (or ``SOAK_TRACEMALLOC=1``) loads a small addon into mitmdump
+that traces Python allocations and writes, every ``--trace-every`` seconds and at the end, the
+growth since the warm-up by source line and by file (``tracemalloc.txt`` in the scratch
+directory, printed at the end). Tracing slows mitmdump and adds to its RSS: not for the verdict.
 """
 
 from __future__ import annotations
@@ -80,6 +85,59 @@ INBOX_MAX = 24  # items; the server-side changes keep the Inbox between INBOX_MI
 INBOX_MIN = 6
 CAL_MAX = 12
 STEP_TIMEOUT = 120.0  # seconds for one client's round
+
+
+# Loaded into mitmdump with --tracemalloc: the Python heap's growth since the warm-up, written to
+# a file every few minutes and when mitmdump stops.
+TRACE_ADDON = """
+import asyncio, time, tracemalloc
+from pathlib import Path
+
+OUT, WARMUP, EVERY, FRAMES = {out!r}, {warmup!r}, {every!r}, {frames!r}
+SKIP = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen *>")]
+
+
+class SoakTrace:
+    def __init__(self):
+        self.base = None
+        self.t0 = time.monotonic()
+        self.task = None
+
+    def running(self):
+        tracemalloc.start(FRAMES)
+        self.task = asyncio.get_running_loop().create_task(self.loop())
+
+    async def loop(self):
+        await asyncio.sleep(WARMUP)
+        self.base = tracemalloc.take_snapshot().filter_traces(SKIP)
+        while True:
+            await asyncio.sleep(EVERY)
+            self.write()
+
+    def write(self):
+        if self.base is None:
+            return
+        snap = tracemalloc.take_snapshot().filter_traces(SKIP)
+        cur, peak = tracemalloc.get_traced_memory()
+        mib = 1024 * 1024
+        out = [
+            f"after {{time.monotonic() - self.t0:.0f}} s: traced {{cur / mib:.1f}} MiB "
+            f"(peak {{peak / mib:.1f}} MiB); growth since {{WARMUP}} s",
+            "", "by line:",
+        ]
+        out += [str(s) for s in snap.compare_to(self.base, "lineno")[:30]]
+        out += ["", "by file:"]
+        out += [str(s) for s in snap.compare_to(self.base, "filename")[:15]]
+        Path(OUT).write_text("\\n".join(out) + "\\n")
+
+    def done(self):
+        if self.task is not None:
+            self.task.cancel()
+        self.write()
+
+
+addons = [SoakTrace()]
+"""
 
 
 def log(msg: str) -> None:
@@ -176,6 +234,7 @@ class Stats:
     rounds: int = 0
     syncs: int = 0
     sync_failures: list[str] = field(default_factory=list)
+    failure_reasons: Counter[str] = field(default_factory=Counter)
     admin: Counter[str] = field(default_factory=Counter)
     local_edits: Counter[str] = field(default_factory=Counter)
     caldav_rounds: int = 0
@@ -307,6 +366,14 @@ def finish_syncs(
             lines = out.read_text(errors="replace").strip().splitlines()
             why = lines[-1] if lines else f"exit {proc.returncode}"
             stats.sync_failures.append(f"round {round_no} {name}: {why[:200]}")
+            stats.failure_reasons[failure_reason(why)] += 1
+
+
+def failure_reason(line: str) -> str:
+    """A failed round's last line without what differs between rounds (URLs, numbers)."""
+    why = line.removeprefix("repltap sync: error: ")
+    why = re.sub(r"https?://.*?(?=: |$)", "<url>", why)
+    return re.sub(r"\d+", "N", why)[:160]
 
 
 # ------------------------------------------------------------------------------ python-caldav
@@ -539,6 +606,18 @@ def run(ns: argparse.Namespace) -> int:
     log(f"scratch directory {work}")
     result: dict[str, Any] = {"machine": machine(), "minutes": ns.minutes, "faults": str(ns.faults)}
     proxy_proc: MitmProc | None = None
+    trace_out = work / "tracemalloc.txt"
+    tracing: list[str] = []
+    if ns.tracemalloc:
+        script = work / "soak_trace.py"
+        warmup = min(60.0, 0.1 * ns.minutes * 60)
+        script.write_text(
+            TRACE_ADDON.format(
+                out=str(trace_out), warmup=warmup, every=ns.trace_every, frames=ns.trace_frames
+            )
+        )
+        tracing = ["-s", str(script)]
+        log(f"tracing allocations in mitmdump: {trace_out}")
     sampler: RssSampler | None = None
     exit_code: int | None = None
     output = ""
@@ -552,6 +631,7 @@ def run(ns: argparse.Namespace) -> int:
             "--set", f"repl_faults={ns.faults}",
             "-w", str(rec),
             "--flow-detail", "0",
+            *tracing,
             *ns.mitm_arg,
             confdir=work / "mitmconf",
         )  # fmt: skip
@@ -598,6 +678,7 @@ def run(ns: argparse.Namespace) -> int:
         "reference_syncs": stats.syncs,
         "reference_sync_failures": len(stats.sync_failures),
         "first_failures": stats.sync_failures[:10],
+        "failure_reasons": dict(stats.failure_reasons.most_common()),
         "server_changes": dict(stats.admin),
         "local_edits": dict(stats.local_edits),
         "caldav_rounds": stats.caldav_rounds,
@@ -626,6 +707,9 @@ def run(ns: argparse.Namespace) -> int:
     if ns.json:
         ns.json.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
+    if ns.tracemalloc and trace_out.exists():
+        print(f"\nwhat grew in mitmdump's Python heap ({trace_out}):")
+        print(trace_out.read_text())
     if ok and not ns.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
@@ -678,8 +762,8 @@ def summary(r: dict[str, Any]) -> str:
         f"  proxy    exit {p['exit_code']}, {p['tracebacks']} tracebacks in its output; "
         f"recording {p['recording_mib']} MiB, log {p['log_mib']} MiB  [{mark(p['ok'])}]"
     )
-    for line in t["first_failures"][:5]:
-        out.append(f"           sync failed: {line}")
+    for why, n in list(t.get("failure_reasons", {}).items())[:8]:
+        out.append(f"           sync failed {n}x: {why}")
     for line in t["first_caldav_errors"][:3]:
         out.append(f"           caldav: {line}")
     out.append(f"  result   {'PASS' if r['ok'] else 'FAIL'}")
@@ -704,6 +788,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="one more mitmdump argument (repeat: --mitm-arg=--set --mitm-arg=repl_cache=c.db)",
     )
+    ap.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        default=os.environ.get("SOAK_TRACEMALLOC", "") not in ("", "0"),
+        help="trace mitmdump's allocations and report what grew (slows it; for diagnosis)",
+    )
+    ap.add_argument("--trace-every", type=float, default=120.0, help="seconds between reports")
+    ap.add_argument("--trace-frames", type=int, default=1, help="frames kept per allocation")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     return run(ap.parse_args(argv))
