@@ -43,6 +43,23 @@ _URL_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _CLEAN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~%-]*")  # one class: fast to match
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# The common cases in one match: an http(s) URL or an absolute path whose path is clean and whose
+# escapes (if any) are already normal (upper case, of a character that needs one), so the group
+# is the result as it stands. The URL head ends where the general code below cuts it: at the
+# first "/" from index 8 on. Every repetition starts with a "%", which no class takes, so there is
+# one way to match, and the quantifiers are possessive: an href that fails near its end fails at
+# once, with no backtracking (``(?:[…]+|%..)*`` would blow up on a long one).
+_NORMAL_ESCAPES = "|".join(
+    f"{hi:X}[{los}]"
+    for hi in range(16)
+    if (los := "".join(f"{lo:X}" for lo in range(16) if chr(hi * 16 + lo) not in _PATH_SAFE_CHARS))
+)
+_CLEAN_RUN = r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*+"
+_FAST_PATH = re.compile(
+    r"(?:(?:http://[\s\S]|https://)[^/]*+)?"
+    rf"(/{_CLEAN_RUN}(?:%(?:{_NORMAL_ESCAPES}){_CLEAN_RUN})*+)"
+)
+_fast_path = _FAST_PATH.fullmatch
 
 
 def _normal_escape(m: re.Match[str]) -> str:
@@ -57,6 +74,9 @@ def normalise_path(path_or_url: str) -> str:
     ``/a%20b``, ``/a%20%62`` and ``/a b`` are one path. Called once per manifest entry, hence the
     fast paths for absolute http(s) URLs and for paths that are already clean.
     """
+    m = _fast_path(path_or_url)
+    if m is not None:
+        return m[1]
     p = path_or_url
     if p.startswith(("http://", "https://")):
         i = p.find("/", 8)
