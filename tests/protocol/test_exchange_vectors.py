@@ -7,6 +7,7 @@ import pytest
 from repltap.protocol import exchange
 from repltap.protocol.model import Request, Response
 from repltap.summary import is_relevant, summarise
+from tests.protocol.readings import reading
 from tests.vectors.load import load_pair, stems
 
 CANON = "http://schemas.microsoft.com/repl/"
@@ -305,12 +306,12 @@ def test_opaque_token_shapes_kept_exactly() -> None:
     assert resp.entries[2]["uid"] == "rid:{8C0A2F1E-6B4D-4E1A-9F3C-2D7B5A6E9C01}"
 
 
+@pytest.mark.parametrize("mode", ["pieces", "stream"])
 @pytest.mark.parametrize("stem", stems())
-def test_streamed_reading_agrees_with_the_tree(stem: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bodies over safexml.STREAM_ABOVE are read as a stream; every vector must read alike."""
-    from repltap.protocol import xml as safexml
-
+def test_large_body_readings_agree_with_the_tree(stem: str, mode: str) -> None:
+    """Bodies over safexml.STREAM_ABOVE are read in pieces, or as a stream when they cannot be
+    cut; every vector must read alike either way."""
     _, tree = dec(stem)
-    monkeypatch.setattr(safexml, "STREAM_ABOVE", 0)
-    _, streamed = dec(stem)
-    assert streamed.to_dict() == tree.to_dict()
+    with reading(mode):
+        _, other = dec(stem)
+    assert other.to_dict() == tree.to_dict()

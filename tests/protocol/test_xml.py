@@ -149,3 +149,62 @@ def test_the_streaming_reader_is_as_safe(data: bytes, reason: str) -> None:
 def test_the_streaming_reader_yields_elements_as_they_end() -> None:
     got = [el.text for el in safexml.iterparse(b"<r><a>1</a><b/><a>2</a></r>", ["a"])]
     assert got == ["1", "2"]
+
+
+MS = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<!-- before -->'
+    b'<D:multistatus xmlns:D="DAV:" note="a > b">'
+    + b"".join(b"<D:response><D:href>/i%d</D:href></D:response>\n" % i for i in range(50))
+    + b"<D:sync-token>t</D:sync-token></D:multistatus>\n"
+)
+
+
+def _children(roots: list) -> list[bytes]:
+    return [safexml.etree.tostring(c, with_tail=False) for r in roots for c in r]
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 100, 1000, 10**9])
+def test_pieces_hold_every_child_of_the_root_once_in_order(piece_bytes: int) -> None:
+    roots = list(safexml.parse_pieces(MS, piece_bytes=piece_bytes))
+    assert _children(roots) == _children([safexml.parse(MS)])
+    assert {(r.tag, r.get("note")) for r in roots} == {("{DAV:}multistatus", "a > b")}
+    if piece_bytes == 1:
+        assert len(roots) == 51  # one cut after every response
+    if piece_bytes == 10**9:
+        assert len(roots) == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        MS.replace(b"<D:response>", b"<!-- </D:response> --><D:response>", 1),  # cut in a comment
+        MS.replace(b"<D:href>/i3", b"<D:href><![CDATA[</D:response>]]>/i3"),  # in CDATA
+        MS.replace(b"/i3</D:href>", b"/i3</D:href><D:response/></D:response>", 1),  # nested
+        MS.replace(b"<!-- before -->", b'<!DOCTYPE D:multistatus SYSTEM "x.dtd">'),
+        MS.decode().replace("utf-8", "utf-16").encode("utf-16"),
+        MS.replace(b"utf-8", b"shift_jis"),
+        MS + b"<!-- after the root -->",
+        MS.replace(b"</D:multistatus>", b""),  # no end tag
+        MS.replace(b"/i7</D:href>", b"/i7</D:hre>"),  # not well-formed
+    ],
+    ids=[
+        "comment",
+        "cdata",
+        "nested",
+        "doctype",
+        "utf-16",
+        "shift_jis",
+        "trailer",
+        "unclosed",
+        "malformed",
+    ],
+)
+def test_bodies_that_cannot_be_cut_say_so(data: bytes) -> None:
+    with pytest.raises(safexml.NotInPieces):
+        list(safexml.parse_pieces(data, piece_bytes=1))
+
+
+def test_pieces_keep_the_size_limit() -> None:
+    with pytest.raises(safexml.XmlProblem) as e:
+        list(safexml.parse_pieces(MS, max_bytes=100))
+    assert e.value.reason == "too-large"

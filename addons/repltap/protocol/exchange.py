@@ -443,14 +443,19 @@ def _set_changetype(cur: Entry, text: str | None, notes: list[str]) -> None:
         notes.append(note)
 
 
-def _read_entries(root: etree._Element, resp: Response) -> tuple[bool, str | None]:
-    """Fill ``resp.entries`` from a multistatus; return (R:repl seen, collblob text)."""
+_ReadState = tuple["Entry | None", bool, "str | None"]  # (open entry, R:repl seen, collblob)
+
+
+def _read_entries(
+    root: etree._Element, resp: Response, state: _ReadState = (None, False, None)
+) -> _ReadState:
+    """Add to ``resp.entries`` what a multistatus (or one piece of it, see
+    :func:`~repltap.protocol.xml.parse_pieces`) holds, from the state the previous piece left;
+    return the new state. The caller closes the last entry (:func:`_close_entry`)."""
     entries = resp.entries
     ns_seen = resp.nonstandard_ns
     notes = resp.notes
-    cur: Entry | None = None
-    repl_seen = False
-    collblob_text: str | None = None
+    cur, repl_seen, collblob_text = state
     codes = _FIELD_CODES
     # The hot loop of the whole product (10,000-entry manifests): one C-filtered pass over the
     # tree, a dict lookup per element, no calls on the common path. Response-level statuses are
@@ -507,8 +512,7 @@ def _read_entries(root: etree._Element, resp: Response) -> tuple[bool, str | Non
         elif code == _F_CONTENTTAG and cur is None:
             t = el.text
             resp.ctag = (t.strip() or None) if t else None
-    _close_entry(cur)
-    return repl_seen, collblob_text
+    return cur, repl_seen, collblob_text
 
 
 def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, str | None, bool]:
@@ -587,6 +591,19 @@ def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, 
     return repl_seen, collblob_text, bool(rooted) or rooted is None
 
 
+def _read_pieces(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, object, _ReadState]:
+    """:func:`_read_entries` over a large body, one piece at a time (same results as the whole
+    tree, a piece's memory at a time). Returns (root is DAV:multistatus, root tag, state);
+    raises :class:`~repltap.protocol.xml.NotInPieces` when the body must be streamed instead."""
+    state: _ReadState = (None, False, None)
+    for root in safexml.parse_pieces(body, max_bytes=max_bytes):
+        cls, local, _ = _classify(root.tag)
+        if not (cls == "dav" and local == "multistatus"):
+            return False, root.tag, state
+        state = _read_entries(root, resp, state)
+    return True, None, state
+
+
 def _inside_response(el: etree._Element) -> bool:
     p = el.getparent()
     while p is not None:
@@ -600,17 +617,31 @@ def _decode_multistatus(
     req: Request, resp: Response, body: bytes, h: HeaderView, max_bytes: int
 ) -> None:
     declared = _declared_length(h)
+    notes_before, ns_before = len(resp.notes), len(resp.nonstandard_ns)
     gc_was_on = gc.isenabled()
     gc.disable()  # the loop allocates ~5 objects per entry and frees none: collecting is waste
     try:
         if len(body) > safexml.STREAM_ABOVE:
-            repl_seen, collblob_text, rooted = _stream_entries(body, resp, max_bytes)
-            root_tag: object = "(not DAV:multistatus)"
+            try:
+                rooted, root_tag, (cur, repl_seen, collblob_text) = _read_pieces(
+                    body, resp, max_bytes
+                )
+                _close_entry(cur)
+            except safexml.NotInPieces:
+                resp.entries.clear()
+                del resp.notes[notes_before:]
+                del resp.nonstandard_ns[ns_before:]
+                resp.ctag, resp.no_changes = None, False
+                repl_seen, collblob_text, rooted = _stream_entries(body, resp, max_bytes)
+                root_tag = "(not DAV:multistatus)"
         else:
             root = safexml.parse(body, max_bytes=max_bytes)
             cls, local, _ = _classify(root.tag)
             rooted, root_tag = cls == "dav" and local == "multistatus", root.tag
-            repl_seen, collblob_text = _read_entries(root, resp) if rooted else (False, None)
+            cur, repl_seen, collblob_text = (
+                _read_entries(root, resp) if rooted else (None, False, None)
+            )
+            _close_entry(cur)
     except safexml.XmlProblem as e:
         resp.entries.clear()
         resp.no_changes = False

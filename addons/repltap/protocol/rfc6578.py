@@ -113,6 +113,9 @@ def decode_response(
     if not (safexml.looks_like_xml(body) or "xml" in ctype):
         return resp
     try:
+        if len(body) > safexml.STREAM_ABOVE and _read_pieces(req, resp, body, max_bytes):
+            _finish_multistatus(req, resp)
+            return resp
         root = safexml.parse(body, max_bytes=max_bytes)
     except safexml.XmlProblem as e:
         if req.manifest or status == 207:
@@ -126,7 +129,25 @@ def decode_response(
     if root.tag != DAV + "multistatus":
         return resp
     _read_multistatus(req, resp, root)
+    _finish_multistatus(req, resp)
     return resp
+
+
+def _read_pieces(req: Request, resp: Response, body: bytes, max_bytes: int) -> bool:
+    """Read a large multistatus a piece at a time (see
+    :func:`~repltap.protocol.xml.parse_pieces`); False, with ``resp`` as it was, when the body
+    must be parsed whole instead (another root, or a shape that cannot be cut)."""
+    saved = (resp.token, resp.ctag, resp.manifest, resp.truncated)
+    try:
+        for root in safexml.parse_pieces(body, max_bytes=max_bytes):
+            if root.tag != DAV + "multistatus":
+                raise safexml.NotInPieces("not a multistatus")
+            _read_multistatus(req, resp, root)
+    except safexml.NotInPieces:
+        resp.entries.clear()
+        resp.token, resp.ctag, resp.manifest, resp.truncated = saved
+        return False
+    return True
 
 
 def _meaning(req: Request, status: int) -> str:
@@ -179,6 +200,9 @@ def _read_multistatus(req: Request, resp: Response, root: etree._Element) -> Non
                 if token is not None and resp.token is None:
                     resp.token = token  # the collection's current token, as a property
         entries.append(entry)
+
+
+def _finish_multistatus(req: Request, resp: Response) -> None:
     if req.manifest:
         resp.manifest = True
         if resp.token is None:
