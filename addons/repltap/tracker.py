@@ -13,6 +13,10 @@ Identities (design.md, "the event log contract"):
 - a client is its address (IP) and User-Agent. Two instances of one program on one host share an
   identity; the token checks follow token lineage, so they still tell such clients' chains apart
   for regressions, but an initial sync from the second one may be read as a needless resync.
+
+Retention: a proxy runs for weeks, so what is kept grows with the collections, resources and
+clients seen, never with the traffic (the event log has everything). The limits are the MAX_*
+constants below; each check that looks back says, where it looks, what it does beyond them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ from typing import Any
 from .protocol.model import normalise_path
 
 EVENT_VERSION = 1
-MAX_KEPT_ANOMALIES = 10_000
+_IDLE: tuple[float, str, str, list[dict[str, Any]]] = (0.0, "", "", [])
+
+# Retention limits (see the module docstring).
+MAX_KEPT_ANOMALIES = 1_000  # the latest anomalies, for repl.anomalies; all are counted by code
+MAX_TOKENS = 100  # token records kept whole per collection (its chain, issues and lineage)
+MAX_FINGERPRINTS = 1_000  # per collection: fingerprints of what dropped token records showed
+MAX_REJECTED = 32  # refused tokens remembered per client of a collection
+MAX_HISTORY = 16  # history entries kept per resource
+MAX_FAILED = 16  # (method, tag) pairs that got a 412, kept per resource
+MAX_TOMBSTONES = 1_000  # deleted resources whose records are kept; older ones are forgotten
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,36 +276,87 @@ class TokenRecord:
 
 @dataclass
 class Collection:
-    """One collection's replication state."""
+    """One collection's replication state.
+
+    The chain keeps the newest MAX_TOKENS token records; ``issued`` and ``children`` index
+    exactly those. A record that drops out leaves fingerprints in ``older`` of the two facts
+    the regression check needs (that its token was issued while watched, and that its client
+    gave up the parent token for it), so a regression is still seen some way further back.
+    """
 
     key: str
     upstream: str
     path: str
     scope: str
     protocol: str
-    chain: list[TokenRecord] = field(default_factory=list)
+    chain: list[TokenRecord] = field(default_factory=list)  # oldest first
     issued: dict[str, list[TokenRecord]] = field(default_factory=dict)  # token -> issues
     children: dict[str | None, list[TokenRecord]] = field(default_factory=dict)
     holding: dict[str, str] = field(default_factory=dict)  # client -> newest valid token
     items: dict[str, str] = field(default_factory=dict)  # repl-uid (or path) -> resource path
     last_page: dict[str, Any] | None = None
-    rejected: dict[str, set[str]] = field(default_factory=dict)  # client -> tokens refused
+    # client -> tokens refused, oldest first (a dict for its order), at most MAX_REJECTED
+    rejected: dict[str, dict[str, None]] = field(default_factory=dict)
     clients: set[str] = field(default_factory=set)  # clients that were ever issued a token
     syncs: int = 0
+    trimmed: int = 0  # token records dropped from the front of the chain
+    older: dict[int, None] = field(default_factory=dict)  # fingerprints, oldest first
+    limbo: list[Resource] = field(default_factory=list)  # items when a token was last refused
+
+    def remember(self, *fact: str) -> None:
+        """Keep a 64-bit fingerprint of a fact; the oldest go beyond MAX_FINGERPRINTS."""
+        older = self.older
+        older[hash(fact)] = None
+        if len(older) > MAX_FINGERPRINTS:
+            del older[next(iter(older))]
+
+    def recalls(self, *fact: str) -> bool:
+        """Whether a fact was remembered (a false yes is a 64-bit hash collision)."""
+        return bool(self.older) and hash(fact) in self.older
+
+
+HistoryEntry = tuple[str | None, str | None, str, int]  # (tag, uid, via, seq) of one change
 
 
 @dataclass(slots=True)  # a million of these must fit in well under a gigabyte
 class Resource:
-    """One resource's tag and uid history."""
+    """One resource's tag and uid history.
+
+    Most resources change once (they appear in a manifest) and never again, so the newest
+    history entry has a field of its own and the list of older ones exists only when needed;
+    at most MAX_HISTORY entries are kept, ``trimmed`` counts the ones dropped.
+    """
 
     upstream: str
     path: str
     uid: str | None = None
     tag: str | None = None
     deleted: bool = False
-    history: list[tuple[str | None, str | None, str, int]] = field(default_factory=list)
-    # (tag, uid, via, seq) per change
+    last: HistoryEntry | None = None  # the newest history entry
+    older: list[HistoryEntry] | None = None  # the ones before it, oldest first
+    trimmed: int = 0
     failed: dict[tuple[str, str], int] | None = None  # (method, tag) -> 412s, when any
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        """The kept history, oldest first."""
+        if self.last is None:
+            return []
+        return [*self.older, self.last] if self.older else [self.last]
+
+    def record(self, entry: HistoryEntry) -> None:
+        """Add a history entry, dropping the oldest beyond MAX_HISTORY."""
+        last = self.last
+        if last is not None:
+            older = self.older
+            if older is None:
+                self.older = [last]
+            else:
+                older.append(last)
+                if len(older) >= MAX_HISTORY:
+                    del older[0]
+                    self.trimmed += 1
+        self.last = entry
 
 
 def anomaly_table() -> str:
@@ -332,11 +396,17 @@ class Tracker:
         self.seq = 0
         self.collections: dict[str, Collection] = {}
         self.resources: dict[str, dict[str, Resource]] = {}  # upstream -> path -> resource
-        self.token_home: dict[tuple[str, str, str], str] = {}  # (upstream, path, token) -> key
+        # (upstream, path, token) -> key, for the tokens a collection keeps or a client holds
+        self.token_home: dict[tuple[str, str, str], str] = {}
         # The latest anomalies, for repl.anomalies: the log keeps them all, a long-running
-        # proxy need not (python-caldav alone adds one on every sync).
+        # proxy need not (python-caldav alone adds one on every sync). All are counted.
         self.anomalies: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT_ANOMALIES)
-        self._now: tuple[float, str, str, list[dict[str, Any]]] = (0.0, "", "", [])
+        self.anomaly_counts: dict[str, int] = {}
+        # Deleted resources, oldest first (by id, since records are not hashable): the records
+        # beyond MAX_TOMBSTONES are forgotten, see _bury.
+        self._dead: dict[int, Resource] = {}
+        self.forgotten = 0  # deleted resources whose records were dropped
+        self._now: tuple[float, str, str, list[dict[str, Any]]] = _IDLE
 
     # ---------------------------------------------------------------- entry point
 
@@ -383,6 +453,8 @@ class Tracker:
             out.append(ev)
             if event == "anomaly":
                 self.anomalies.append(ev)
+                code = fields["code"]
+                self.anomaly_counts[code] = self.anomaly_counts.get(code, 0) + 1
             return ev
 
         req = s.get("request") or {}
@@ -397,10 +469,13 @@ class Tracker:
                 detail=f"the repl namespace is spelled {ns}",
             )
         self._unreadable(s, emit)
-        if s["kind"] == "manifest":
-            self._manifest(s, emit, client, flow)
-        else:
-            self._resource_flow(s, emit)
+        try:
+            if s["kind"] == "manifest":
+                self._manifest(s, emit, client, flow)
+            else:
+                self._resource_flow(s, emit)
+        finally:
+            self._now = _IDLE  # the flow's events are the caller's now: hold none of them
         return out
 
     def _unreadable(self, s: dict[str, Any], emit: Callable[..., dict[str, Any]]) -> None:
@@ -451,7 +526,9 @@ class Tracker:
         token = s["request"].get("token")
         scope = _scope_of(s)
         if not scope and token is not None:
-            # A SEARCH without SQL reuses the query bound to its collblob (spec §8.10).
+            # A SEARCH without SQL reuses the query bound to its collblob (spec §8.10). Known
+            # for the tokens a collection keeps (MAX_TOKENS) and those its clients hold; an
+            # older one counts toward the collection without a scope.
             home = self.token_home.get((upstream, path, token))
             if home is not None:
                 return self.collections[home]
@@ -477,6 +554,7 @@ class Tracker:
         if sent is None:
             c.rejected.pop(client, None)  # it started over, as it should
         elif refused and sent in refused:
+            # Seen for the client's latest MAX_REJECTED refusals since it last started over.
             self._anomaly(
                 emit,
                 "rejected-token-reused",
@@ -484,9 +562,13 @@ class Tracker:
                 detail=f"{sent!r} was rejected before, and sent again",
             )
         if sent is not None:
-            if sent not in c.issued:
-                pass  # a token from before we started watching: nothing to compare it with
-            elif not req.get("range") and c.holding.get(client) != sent:
+            # Judged: the tokens issued while watched. The chain keeps the newest MAX_TOKENS
+            # records whole; for older ones the fingerprints (MAX_FINGERPRINTS, two a record)
+            # still tell that the token was issued and that the client gave it up for a newer
+            # one, though no longer which. Older still, a token is one from before we started
+            # watching: nothing to compare it with.
+            watched = sent in c.issued or c.recalls("issued", sent)
+            if watched and not req.get("range") and c.holding.get(client) != sent:
                 newer = [
                     r
                     for r in c.children.get(sent, [])
@@ -499,6 +581,15 @@ class Tracker:
                         **where,
                         detail=f"the client sent {sent!r} after it had been given "
                         f"{newer[-1].token!r} in exchange for it",
+                    )
+                elif c.recalls("superseded", client, sent):
+                    self._anomaly(
+                        emit,
+                        "token-regressed",
+                        **where,
+                        detail=f"the client sent {sent!r} after it had been given a newer token "
+                        f"in exchange for it (further back than the {MAX_TOKENS} tokens kept "
+                        "whole for this collection)",
                     )
         else:
             held = c.holding.get(client)
@@ -546,17 +637,34 @@ class Tracker:
             for rec in c.issued.get(sent or "", []):
                 rec.rejected = True
             if sent is not None:
-                c.rejected.setdefault(client, set()).add(sent)
+                refused = c.rejected.setdefault(client, {})
+                refused.pop(sent, None)
+                refused[sent] = None  # the newest last
+                if len(refused) > MAX_REJECTED:
+                    del refused[next(iter(refused))]
             # The collection may have been re-created (spec §8.5): its items come back with new
-            # repl-uids at the same hrefs, which is no identity change.
+            # repl-uids at the same hrefs, which is no identity change. They wait, deleted but
+            # with their tags, to be listed again; those from the previous time that never were
+            # are gone for good, and their records join the other deleted ones (_bury).
             known = self.resources.get(c.upstream, {})
+            for waiting in c.limbo:
+                if (
+                    waiting.deleted
+                    and waiting.tag is not None
+                    and known.get(waiting.path) is waiting
+                ):
+                    self._bury(waiting)
+            c.limbo = []
             for path in c.items.values():
                 r = known.get(path)
                 if r is not None:
+                    if not r.deleted:
+                        c.limbo.append(r)
                     r.deleted = True
             c.items.clear()
             if sent is not None and c.holding.get(client) == sent:
                 del c.holding[client]
+                self._release(c, sent)
             c.last_page = None
             return
         if not resp.get("manifest"):
@@ -580,6 +688,7 @@ class Tracker:
             emit("invalid_token", **where, sent=sent, status=status)
             kind = "reset"
         emit("token", **where, **{"from": sent, "to": new}, kind=kind)
+        # Among the tokens kept whole (MAX_TOKENS): a repeat of an older one is not reported.
         if (
             new is not None
             and new != sent
@@ -624,8 +733,13 @@ class Tracker:
             c.issued.setdefault(new, []).append(rec)
             c.children.setdefault(sent, []).append(rec)
             self.token_home[(c.upstream, c.path, new)] = c.key
+            if len(c.chain) > MAX_TOKENS:
+                self._forget(c, c.chain.pop(0))
         if new is not None:
+            held = c.holding.get(client)
             c.holding[client] = new
+            if held is not None and held != new:
+                self._release(c, held)
 
         # What the server did.
         if entries and received is not None and received == sent:
@@ -644,6 +758,38 @@ class Tracker:
             )
         self._paging(c, req, resp, sent, received, emit, where)
         self._entries(c, s, entries, set(req.get("acknowledged") or []), status, emit, where)
+
+    def _forget(self, c: Collection, rec: TokenRecord) -> None:
+        """Drop a token record that left the chain, keeping fingerprints of what the
+        regression check asks of it: that its token was issued while watched, and that its
+        client gave up the parent token for it (unless the new one was ranged or refused)."""
+        c.trimmed += 1
+        recs = c.issued.get(rec.token, [])
+        for i, r in enumerate(recs):
+            if r is rec:
+                del recs[i]
+                break
+        if not recs:
+            c.issued.pop(rec.token, None)
+            c.remember("issued", rec.token)
+            self._release(c, rec.token)
+        kids = c.children.get(rec.parent, [])
+        for i, r in enumerate(kids):
+            if r is rec:
+                del kids[i]
+                break
+        if not kids:
+            c.children.pop(rec.parent, None)
+        if rec.parent is not None and not rec.ranged and not rec.rejected:
+            c.remember("superseded", rec.client, rec.parent)
+
+    def _release(self, c: Collection, token: str) -> None:
+        """Forget where a token belongs once the collection neither keeps nor hands it out."""
+        if token in c.issued or token in c.holding.values():
+            return
+        key = (c.upstream, c.path, token)
+        if self.token_home.get(key) == c.key:
+            del self.token_home[key]
 
     def _silent_reset(self, c: Collection, sent: str | None, entries: list[dict[str, Any]]) -> bool:
         """A non-empty token answered by re-listing every member the client holds, unchanged.
@@ -791,7 +937,7 @@ class Tracker:
                         "status": status,
                     }
                 )
-                r.history.append((tag, uid, "manifest", self.seq))
+                r.record((tag, uid, "manifest", self.seq))
             else:
                 self._see(upstream, path, tag, uid, "manifest", status, emit)
 
@@ -803,6 +949,23 @@ class Tracker:
         if r is None:
             r = known[path] = Resource(upstream, path)
         return r
+
+    def _bury(self, r: Resource) -> None:
+        """A resource was deleted: keep its record among the latest MAX_TOMBSTONES.
+
+        What an older record would still tell: nothing the checks use (they skip deleted
+        resources, and a removal reported again closes nothing either way); a resource that
+        comes back at the path starts a new record, so its first tag event names no uid unless
+        the flow carries one (the old record would have given the deleted item's uid).
+        """
+        dead = self._dead
+        dead[id(r)] = r
+        if len(dead) > MAX_TOMBSTONES:
+            old = dead.pop(next(iter(dead)))
+            known = self.resources.get(old.upstream)
+            if known is not None and known.get(old.path) is old:
+                del known[old.path]
+                self.forgotten += 1
 
     def _gone(
         self,
@@ -826,9 +989,10 @@ class Tracker:
                 via=via,
                 status=status,
             )
-        r.history.append((None, uid or r.uid, via, self.seq))
+        r.record((None, uid or r.uid, via, self.seq))
         r.tag = None
         r.deleted = True
+        self._bury(r)
 
     def _see(
         self,
@@ -868,8 +1032,10 @@ class Tracker:
             r.tag = tag
         if uid is not None:
             r.uid = uid
-        r.deleted = False
-        r.history.append((r.tag, r.uid, via, self.seq))
+        if r.deleted:
+            self._dead.pop(id(r), None)  # back: no longer a tombstone
+            r.deleted = False
+        r.record((r.tag, r.uid, via, self.seq))
 
     def _resource_flow(self, s: dict[str, Any], emit: Callable[..., dict[str, Any]]) -> None:
         req = s["request"]
@@ -911,6 +1077,8 @@ class Tracker:
                     detail=f"{method} {path} without a condition; the last tag seen "
                     f"was {known.tag!r}",
                 )
+            # Stale: a tag among the resource's latest MAX_HISTORY; an older one counts as
+            # unknown, like a tag from before we started watching.
             for t in tags:
                 if t != known.tag and any(h[0] == t for h in known.history):
                     self._anomaly(
@@ -939,6 +1107,8 @@ class Tracker:
                 r.failed = {}
             for t in tags:
                 r.failed[(method, t)] = r.failed.get((method, t), 0) + 1
+                if len(r.failed) > MAX_FAILED:  # the retry check sees the latest ones
+                    del r.failed[next(iter(r.failed))]
             emit(
                 "conflict",
                 resource=path,
@@ -960,8 +1130,10 @@ class Tracker:
             dst = self._resource(upstream, dst_path)
             # The uid normally travels with the item (spec §9.8); the destination's tag is
             # only known once it is read again.
+            if dst.deleted:
+                self._dead.pop(id(dst), None)
             dst.uid, dst.tag, dst.deleted = src.uid, None, False
-            dst.history.append((None, src.uid, method, self.seq))
+            dst.record((None, src.uid, method, self.seq))
             self._gone(src, method, status, emit)
             return
         for r in resp.get("listed") or []:
@@ -988,7 +1160,10 @@ class Tracker:
     # ---------------------------------------------------------------- views
 
     def state(self) -> dict[str, Any]:
-        """Current chains and histories, as plain data."""
+        """Current chains and histories, as plain data, and what retention left out of them:
+        a collection's ``trimmed`` counts the token records dropped from the front of its
+        chain, a resource's ``trimmed`` (present when any) the history entries dropped from
+        the front of its history, ``retention`` the limits and what was dropped in all."""
         return {
             "collections": {
                 k: {
@@ -1004,6 +1179,7 @@ class Tracker:
                         }
                         for r in c.chain
                     ],
+                    "trimmed": c.trimmed,
                     "holding": dict(c.holding),
                     "items": len(c.items),
                 }
@@ -1017,8 +1193,27 @@ class Tracker:
                     "history": [
                         {"tag": t, "uid": u, "via": via, "seq": seq} for t, u, via, seq in r.history
                     ],
+                    **({"trimmed": r.trimmed} if r.trimmed else {}),
                 }
                 for up, known in self.resources.items()
                 for k, r in ((f"{up}{p}", r) for p, r in known.items())
+            },
+            "retention": {
+                "limits": {
+                    "tokens_per_collection": MAX_TOKENS,
+                    "fingerprints_per_collection": MAX_FINGERPRINTS,
+                    "rejected_per_client": MAX_REJECTED,
+                    "history_per_resource": MAX_HISTORY,
+                    "failed_per_resource": MAX_FAILED,
+                    "deleted_resources": MAX_TOMBSTONES,
+                    "anomalies": MAX_KEPT_ANOMALIES,
+                },
+                "token_records_dropped": sum(c.trimmed for c in self.collections.values()),
+                "history_entries_dropped": sum(
+                    r.trimmed for known in self.resources.values() for r in known.values()
+                ),
+                "deleted_resources_forgotten": self.forgotten,
+                "anomalies_seen": dict(self.anomaly_counts),
+                "anomalies_kept": len(self.anomalies),
             },
         }
