@@ -359,6 +359,13 @@ class Resource:
         self.last = entry
 
 
+# A resource seen once, new in a manifest, and in nothing since: (uid, tag, seq of its tag
+# event). Most resources are only ever that (an initial sync lists them all), so they are kept
+# as a tuple, a third of the memory of a Resource and its history entry and cheaper to make;
+# the first time anything else happens to one, it becomes a Resource (Tracker._record).
+Sighting = tuple[str | None, str | None, int]
+
+
 def anomaly_table() -> str:
     """The catalogue as a Markdown table (the README's copy is checked against it)."""
     rows = [
@@ -395,7 +402,8 @@ class Tracker:
     def __init__(self) -> None:
         self.seq = 0
         self.collections: dict[str, Collection] = {}
-        self.resources: dict[str, dict[str, Resource]] = {}  # upstream -> path -> resource
+        # upstream -> path -> resource (a Sighting until it is more than one)
+        self.resources: dict[str, dict[str, Resource | Sighting]] = {}
         # (upstream, path, token) -> key, for the tokens a collection keeps or a client holds
         self.token_home: dict[tuple[str, str, str], str] = {}
         # The latest anomalies, for repl.anomalies: the log keeps them all, a long-running
@@ -656,7 +664,7 @@ class Tracker:
                     self._bury(waiting)
             c.limbo = []
             for path in c.items.values():
-                r = known.get(path)
+                r = self._record(c.upstream, known, path)
                 if r is not None:
                     if not r.deleted:
                         c.limbo.append(r)
@@ -808,7 +816,8 @@ class Tracker:
                 continue
             path = normalise_path(href)
             r = known.get(path)
-            if path in live and r is not None and r.tag is not None and r.tag == e.get("tag"):
+            tag = r[1] if isinstance(r, tuple) else None if r is None else r.tag
+            if path in live and tag is not None and tag == e.get("tag"):
                 same += 1
         return same == len(live)
 
@@ -878,15 +887,37 @@ class Tracker:
         emit: Callable[..., dict[str, Any]],
         where: dict[str, Any],
     ) -> None:
+        """The manifest's entries, in order: up to 10,000 a flow, so the two common cases (a
+        resource new to the tracker, one unchanged) are written out here and the rest goes
+        through _see and _gone."""
         upstream = c.upstream
         known = self.resources.setdefault(upstream, {})
+        items = c.items
         ts, flow, protocol, out = self._now
+        # A new resource's tag event: this, with its seq, resource, uid and "to" filled in (a
+        # dict copy costs less than a dict display; the keys keep the same order).
+        template = {
+            "v": EVENT_VERSION,
+            "ts": ts,
+            "seq": 0,
+            "flow": flow,
+            "event": "tag",
+            "protocol": protocol,
+            "resource": "",
+            "upstream": upstream,
+            "uid": None,
+            "from": None,
+            "to": None,
+            "via": "manifest",
+            "status": status,
+        }
+        new_event = template.copy
+        normalise = normalise_path
         for e in entries:
-            kind = e["type"]
             uid = e.get("uid")
             href = e.get("href")
             tag = e.get("tag")
-            if kind == "delete":
+            if e["type"] == "delete":
                 if uid is None:
                     self._anomaly(
                         emit,
@@ -895,15 +926,19 @@ class Tracker:
                         detail=f"a delete entry ({f'href {href!r}' if href else 'no href'}) "
                         "has no repl-uid",
                     )
-                path = c.items.pop(uid, None) if uid else None
+                path = items.pop(uid, None) if uid else None
                 if path is None and href:
-                    path = normalise_path(href)
-                gone = known.get(path) if path is not None else None
-                if gone is None or path is None:
+                    path = normalise(href)
+                gone = (
+                    self._record(upstream, known, path)
+                    if path is not None and path in known
+                    else None
+                )
+                if gone is None:
                     continue  # never seen on the wire: there is no history to close
                 self._gone(gone, "manifest", status, emit, uid)
                 continue
-            if tag is not None and tag in acknowledged:
+            if acknowledged and tag is not None and tag in acknowledged:
                 self._anomaly(
                     emit,
                     "acknowledged-tag-echoed",
@@ -913,41 +948,51 @@ class Tracker:
                 )
             if not href:
                 continue
-            path = normalise_path(href)
-            c.items[uid or path] = path
+            path = normalise(href)
+            items[uid or path] = path
             r = known.get(path)
             if r is None:
-                # The common case of an initial sync, inlined: 10,000 entries a manifest.
-                r = known[path] = Resource(upstream, path, uid, tag)
-                self.seq += 1
-                out.append(
-                    {
-                        "v": EVENT_VERSION,
-                        "ts": ts,
-                        "seq": self.seq,
-                        "flow": flow,
-                        "event": "tag",
-                        "protocol": protocol,
-                        "resource": path,
-                        "upstream": upstream,
-                        "uid": uid,
-                        "from": None,
-                        "to": tag,
-                        "via": "manifest",
-                        "status": status,
-                    }
+                self.seq = seq = self.seq + 1
+                ev = new_event()
+                ev["seq"] = seq
+                ev["resource"] = path
+                ev["uid"] = uid
+                ev["to"] = tag
+                out.append(ev)
+                known[path] = (uid, tag, seq)
+            elif isinstance(r, Resource):
+                if tag == r.tag and (uid is None or uid == r.uid) and not r.deleted:
+                    continue  # unchanged: what _see would find, without the call
+                self._see(r, tag, uid, "manifest", status, emit)
+            elif not (tag == r[1] and (uid is None or uid == r[0])):  # a Sighting, changed
+                self._see(
+                    self._upgrade(upstream, known, path, r), tag, uid, "manifest", status, emit
                 )
-                r.record((tag, uid, "manifest", self.seq))
-            else:
-                self._see(upstream, path, tag, uid, "manifest", status, emit)
 
     # ---------------------------------------------------------------- resources
 
     def _resource(self, upstream: str, path: str) -> Resource:
+        """The resource's record, made if there is none."""
         known = self.resources.setdefault(upstream, {})
-        r = known.get(path)
+        r = self._record(upstream, known, path)
         if r is None:
             r = known[path] = Resource(upstream, path)
+        return r
+
+    @staticmethod
+    def _record(upstream: str, known: dict[str, Resource | Sighting], path: str) -> Resource | None:
+        """The resource's record, if there is one, as a Resource."""
+        r = known.get(path)
+        if isinstance(r, tuple):
+            return Tracker._upgrade(upstream, known, path, r)
+        return r
+
+    @staticmethod
+    def _upgrade(
+        upstream: str, known: dict[str, Resource | Sighting], path: str, seen: Sighting
+    ) -> Resource:
+        uid, tag, seq = seen
+        r = known[path] = Resource(upstream, path, uid, tag, False, (tag, uid, "manifest", seq))
         return r
 
     def _bury(self, r: Resource) -> None:
@@ -996,8 +1041,7 @@ class Tracker:
 
     def _see(
         self,
-        upstream: str,
-        path: str,
+        r: Resource,
         tag: str | None,
         uid: str | None,
         via: str,
@@ -1005,7 +1049,8 @@ class Tracker:
         emit: Callable[..., dict[str, Any]],
     ) -> None:
         """A tag and/or uid seen on the wire for a resource."""
-        r = self._resource(upstream, path)
+        path = r.path
+        upstream = r.upstream
         if uid is not None and r.uid is not None and uid != r.uid and not r.deleted:
             self._anomaly(
                 emit,
@@ -1051,7 +1096,7 @@ class Tracker:
         # A CalDAV schedule tag is a condition too, in a tag space of its own (RFC 6638 §3.2):
         # it counts against lost updates and for conflicts, never as a stale ETag.
         schedule_tag = cond.get("if_schedule_tag_match")
-        known = self.resources.get(upstream, {}).get(path)
+        known = self._record(upstream, self.resources.get(upstream, {}), path)
         rfc = s["protocol"] == "rfc6578"
         if rfc:
             # RFC 6578 clients condition content writes on ETags; properties have no such tags.
@@ -1139,8 +1184,7 @@ class Tracker:
         for r in resp.get("listed") or []:
             if r.get("href"):
                 self._see(
-                    upstream,
-                    normalise_path(r["href"]),
+                    self._resource(upstream, normalise_path(r["href"])),
                     r.get("tag"),
                     r.get("uid"),
                     method,
@@ -1155,7 +1199,7 @@ class Tracker:
             target = path
             if method == "POST" and resp.get("location"):
                 target = normalise_path(resp["location"])
-            self._see(upstream, target, tag, uid, method, status, emit)
+            self._see(self._resource(upstream, target), tag, uid, method, status, emit)
 
     # ---------------------------------------------------------------- views
 
@@ -1186,17 +1230,9 @@ class Tracker:
                 for k, c in self.collections.items()
             },
             "resources": {
-                k: {
-                    "uid": r.uid,
-                    "tag": r.tag,
-                    "deleted": r.deleted,
-                    "history": [
-                        {"tag": t, "uid": u, "via": via, "seq": seq} for t, u, via, seq in r.history
-                    ],
-                    **({"trimmed": r.trimmed} if r.trimmed else {}),
-                }
+                f"{up}{p}": _resource_state(r)
                 for up, known in self.resources.items()
-                for k, r in ((f"{up}{p}", r) for p, r in known.items())
+                for p, r in known.items()
             },
             "retention": {
                 "limits": {
@@ -1210,10 +1246,27 @@ class Tracker:
                 },
                 "token_records_dropped": sum(c.trimmed for c in self.collections.values()),
                 "history_entries_dropped": sum(
-                    r.trimmed for known in self.resources.values() for r in known.values()
+                    r.trimmed
+                    for known in self.resources.values()
+                    for r in known.values()
+                    if isinstance(r, Resource)
                 ),
                 "deleted_resources_forgotten": self.forgotten,
                 "anomalies_seen": dict(self.anomaly_counts),
                 "anomalies_kept": len(self.anomalies),
             },
         }
+
+
+def _resource_state(r: Resource | Sighting) -> dict[str, Any]:
+    if isinstance(r, tuple):
+        uid, tag, seq = r
+        history = [{"tag": tag, "uid": uid, "via": "manifest", "seq": seq}]
+        return {"uid": uid, "tag": tag, "deleted": False, "history": history}
+    return {
+        "uid": r.uid,
+        "tag": r.tag,
+        "deleted": r.deleted,
+        "history": [{"tag": t, "uid": u, "via": via, "seq": seq} for t, u, via, seq in r.history],
+        **({"trimmed": r.trimmed} if r.trimmed else {}),
+    }

@@ -375,3 +375,38 @@ def test_rejected_token_reused() -> None:
     s.feed(manifest(INBOX, "T3", None, status=475))
     s.feed(manifest(INBOX, "T3", None, status=475))  # the naive client insists
     assert s.codes() == ["rejected-token-reused"]
+
+
+def test_a_resource_listed_once_then_more() -> None:
+    """A resource only listed once is held in a lighter form (tracker.Sighting) until anything
+    else happens to it; its events and state are the same either way, and a new resource's tag
+    event has the same keys, in the same order, as any other tag event."""
+    s = Session()
+    s.feed(manifest(INBOX, None, "T1", [item("a.EML", A, "rid:1"), item("b.EML", B, "rid:2")]))
+    again = s.feed(manifest(INBOX, "T1", "T2", [item("a.EML", A, "rid:1", "change")]))
+    assert [e for e in again if e["event"] == "tag"] == []  # listed again unchanged: nothing
+    res = s.t.state()["resources"]
+    assert res["mail.example.com:80" + INBOX + "b.EML"] == {
+        "uid": "rid:2",
+        "tag": B,
+        "deleted": False,
+        "history": [{"tag": B, "uid": "rid:2", "via": "manifest", "seq": 4}],
+    }
+    s.feed(manifest(INBOX, "T2", "T3", [item("a.EML", A2, "rid:1", "change")]))
+    s.feed(write("PUT", INBOX + "b.EML", 412, if_="(<rt:old>)"))
+    s.feed(manifest(INBOX, "T3", "T4", [("delete", None, None, "rid:2")]))
+    tags = [e for e in s.events if e["event"] == "tag"]
+    assert [(e["resource"], e["from"], e["to"]) for e in tags] == [
+        (INBOX + "a.EML", None, A),
+        (INBOX + "b.EML", None, B),
+        (INBOX + "a.EML", A, A2),
+        (INBOX + "b.EML", B, None),
+    ]
+    assert len({tuple(e) for e in tags}) == 1  # one key order for all
+    (c,) = [e for e in s.events if e["event"] == "conflict"]
+    assert c["current"] == B
+    res = s.t.state()["resources"]
+    assert [h["via"] for h in res["mail.example.com:80" + INBOX + "b.EML"]["history"]] == [
+        "manifest",
+        "manifest",
+    ]
