@@ -41,14 +41,14 @@ async def test_split_answers_are_kept_within_a_byte_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with lab(tmp_path, one("pages", "{type: paginate, rows: 2}")) as lb:
-        first = await split(lb, INBOX, "T1")
+        first = await split(lb, INBOX, "T1", rows=6)
         (one_split,) = lb.faults.splits.values()
         # Room for three answers like that one: the fourth lets the least recently used go.
         monkeypatch.setattr(faultsmod, "_KEEP_BYTES", 3 * one_split.size + 100)
-        tokens = {c: await split(lb, c, f"T-{c}") for c in boxes(2)}
+        tokens = {c: await split(lb, c, f"T-{c}", rows=6) for c in boxes(2)}
         page2 = await follow(lb, INBOX, first)  # the first one is used again: kept longest
-        assert page2.metadata["repl"]["response"]["token"] == "T1"
-        await split(lb, "/exchange/user9/Inbox/", "T9")
+        assert page2.metadata["repl"]["response"]["token"].startswith("repltap-page-2-of-3-")
+        await split(lb, "/exchange/user9/Inbox/", "T9", rows=6)
         assert len(lb.faults.splits) == 3 and lb.faults.split_bytes <= faultsmod._KEEP_BYTES
         assert lb.faults.split_bytes == sum(s.size for s in lb.faults.splits.values())
         # The client of the answer let go comes back: rejected as an expired collblob.
@@ -59,7 +59,7 @@ async def test_split_answers_are_kept_within_a_byte_budget(
         assert g.metadata["repl.synthetic"] == "faults"  # the cache never keeps it
         (rec,) = lb.faults_of(g)
         assert rec["rule"] == "pages" and rec["action"] == "paginate" and rec["evicted"] is True
-        assert (rec["page"], rec["pages"], rec["status"]) == (2, 2, 475)
+        assert (rec["page"], rec["pages"], rec["status"]) == (2, 3, 475)
         assert "no longer kept" in rec["detail"] and "64 MiB" not in rec["detail"]
         events = [(e["event"], e.get("kind")) for e in lb.events() if e["flow"] == g.id]
         assert events[0] == ("fault", None) and ("invalid_token", None) in events
@@ -96,6 +96,24 @@ async def test_split_answers_are_bounded_in_number_too(
         answer.status_code = 475
         res = await lb.run(h, answer)
         assert res.asked_server and lb.faults_of(h) == []
+
+
+async def test_answers_served_to_their_last_page_are_kept_for_a_retry_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faultsmod, "_MAX_DONE", 1)
+    with lab(tmp_path, one("pages", "{type: paginate, rows: 2}")) as lb:
+        walks = {c: await split(lb, c, f"T-{c}") for c in boxes(3)}
+        a, b, c = boxes(3)
+        for box in (a, b):
+            assert (await follow(lb, box, walks[box])).response.status_code == 207  # the last
+        assert len(lb.faults.splits) == 2 and len(lb.faults.done) == 1  # c's walk goes on
+        again = await follow(lb, b, walks[b])  # the last page again: still there
+        assert again.metadata["repl"]["response"]["token"] == f"T-{b}"
+        g = await follow(lb, a, walks[a])
+        assert g.response.status_code == 475
+        assert "served to its last page" in lb.faults_of(g)[0]["detail"]
+        assert (await follow(lb, c, walks[c])).response.status_code == 207
 
 
 async def test_an_rfc6578_page_let_go_is_refused_in_the_servers_style(

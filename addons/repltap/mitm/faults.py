@@ -6,7 +6,8 @@ continuation of split manifests, counters and commands. What to inject and when 
 repltap.faults.scenario; answers are rewritten by repltap.faults.rewrite.
 
 What is kept between flows is bounded by what it costs, for sessions that never end: split
-answers (their follow-up pages) within 64 MiB and 256 answers, least recently used let go first;
+answers (their follow-up pages) within 64 MiB and 256 answers, least recently used let go first,
+and of those served to their last page only the latest 16 (for a retry of it);
 the server's answers kept for stale_token within another 64 MiB; tokens counted or watched for
 only as far as the scenario's ``after_token`` asks (from the moment it is loaded). A client that
 comes back for a page of an answer let go gets the rejection the server gives a token it no
@@ -80,6 +81,7 @@ _MAX_UPSTREAMS = 1_000
 # answers kept for stale_token and swap_token.
 _KEEP_BYTES = 64 * MiB
 _MAX_SPLITS = 256  # clients in the middle of a split answer at once
+_MAX_DONE = 16  # split answers served to their last page, kept for a retry of it
 _MAX_GONE = 1_000  # split answers let go whose page tokens are still recognised
 _COUNT_RECENT = 64  # a collection's latest tokens, told apart from new ones when counting
 _MAX_STYLE_BODY = 64 * 1024  # a server's own rejection larger than this is not copied
@@ -110,7 +112,7 @@ class _Split:
     size: int = 0  # what keeping it costs, in bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Gone:
     """A split answer let go (the budget, or a reload): its page tokens are still recognised, and
     rejected the way a server rejects a token it no longer knows."""
@@ -190,6 +192,7 @@ class Faults:
         # _KEEP_BYTES and _MAX_SPLITS; those let go are remembered (small) as gone.
         self.splits: OrderedDict[str, _Split] = OrderedDict()
         self.split_bytes = 0
+        self.done: OrderedDict[str, None] = OrderedDict()  # those served to their last page
         self.gone: OrderedDict[str, _Gone] = OrderedDict()
         # (collection, initial or incremental) -> the server's own answers, oldest first:
         # (flow id, answer, its size), all within _KEEP_BYTES
@@ -237,6 +240,7 @@ class Faults:
         for sid, split in list(self.splits.items()):
             self._let_go(sid, split, "the fault scenario was changed")
         self.splits.clear()
+        self.done.clear()
         self.split_bytes = 0
         self.history.clear()
         self.history_bytes = 0
@@ -678,20 +682,26 @@ class Faults:
         old = self.splits.pop(sid, None)
         if old is not None:
             self.split_bytes -= old.size
+        self.done.pop(sid, None)
         self.gone.pop(sid, None)
         self.splits[sid] = split
         self.split_bytes += split.size
         while len(self.splits) > 1 and (
             self.split_bytes > _KEEP_BYTES or len(self.splits) > _MAX_SPLITS
         ):
-            gone_id, gone = self.splits.popitem(last=False)
-            self.split_bytes -= gone.size
+            gone_id = next(iter(self.done or self.splits))  # served in full: those go first
             why = (
                 f"the split answers kept held more than {_KEEP_BYTES // MiB} MiB"
-                if self.split_bytes + split.size > _KEEP_BYTES
+                if self.split_bytes > _KEEP_BYTES
                 else f"more than {_MAX_SPLITS} split answers were kept"
             )
-            self._let_go(gone_id, gone, why)
+            self._drop(gone_id, why)
+
+    def _drop(self, sid: str, why: str) -> None:
+        split = self.splits.pop(sid)
+        self.done.pop(sid, None)
+        self.split_bytes -= split.size
+        self._let_go(sid, split, why)
 
     def _let_go(self, sid: str, split: _Split, why: str) -> None:
         """Forget a split answer's body, but not that its page tokens were ours."""
@@ -711,6 +721,13 @@ class Faults:
         if split is not None and split.target == view.path and split.pages == pages:
             self.splits.move_to_end(sid)
             self._serve_page(flow, sid, split, page + 1)
+            if page + 1 == pages:
+                # The client has it all: kept only for a retry of the last page, a few at most,
+                # so that the answers of finished walks do not fill the budget.
+                self.done[sid] = None
+                self.done.move_to_end(sid)
+                while len(self.done) > _MAX_DONE:
+                    self._drop(next(iter(self.done)), "it was served to its last page")
             return
         gone = self.gone.get(sid)
         if gone is not None and gone.target == view.path:
