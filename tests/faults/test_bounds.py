@@ -107,7 +107,7 @@ async def test_answers_served_to_their_last_page_are_kept_for_a_retry_only(
         a, b, c = boxes(3)
         for box in (a, b):
             assert (await follow(lb, box, walks[box])).response.status_code == 207  # the last
-        assert len(lb.faults.splits) == 2 and len(lb.faults.done) == 1  # c's walk goes on
+        assert len(lb.faults.splits) == 2 and len(lb.faults.served_out) == 1  # c's walk goes on
         again = await follow(lb, b, walks[b])  # the last page again: still there
         assert again.metadata["repl"]["response"]["token"] == f"T-{b}"
         g = await follow(lb, a, walks[a])

@@ -192,7 +192,7 @@ class Faults:
         # _KEEP_BYTES and _MAX_SPLITS; those let go are remembered (small) as gone.
         self.splits: OrderedDict[str, _Split] = OrderedDict()
         self.split_bytes = 0
-        self.done: OrderedDict[str, None] = OrderedDict()  # those served to their last page
+        self.served_out: OrderedDict[str, None] = OrderedDict()  # those served to their last page
         self.gone: OrderedDict[str, _Gone] = OrderedDict()
         # (collection, initial or incremental) -> the server's own answers, oldest first:
         # (flow id, answer, its size), all within _KEEP_BYTES
@@ -240,7 +240,7 @@ class Faults:
         for sid, split in list(self.splits.items()):
             self._let_go(sid, split, "the fault scenario was changed")
         self.splits.clear()
-        self.done.clear()
+        self.served_out.clear()
         self.split_bytes = 0
         self.history.clear()
         self.history_bytes = 0
@@ -682,14 +682,14 @@ class Faults:
         old = self.splits.pop(sid, None)
         if old is not None:
             self.split_bytes -= old.size
-        self.done.pop(sid, None)
+        self.served_out.pop(sid, None)
         self.gone.pop(sid, None)
         self.splits[sid] = split
         self.split_bytes += split.size
         while len(self.splits) > 1 and (
             self.split_bytes > _KEEP_BYTES or len(self.splits) > _MAX_SPLITS
         ):
-            gone_id = next(iter(self.done or self.splits))  # served in full: those go first
+            gone_id = next(iter(self.served_out or self.splits))  # served in full: those go first
             why = (
                 f"the split answers kept held more than {_KEEP_BYTES // MiB} MiB"
                 if self.split_bytes > _KEEP_BYTES
@@ -699,7 +699,7 @@ class Faults:
 
     def _drop(self, sid: str, why: str) -> None:
         split = self.splits.pop(sid)
-        self.done.pop(sid, None)
+        self.served_out.pop(sid, None)
         self.split_bytes -= split.size
         self._let_go(sid, split, why)
 
@@ -724,10 +724,10 @@ class Faults:
             if page + 1 == pages:
                 # The client has it all: kept only for a retry of the last page, a few at most,
                 # so that the answers of finished walks do not fill the budget.
-                self.done[sid] = None
-                self.done.move_to_end(sid)
-                while len(self.done) > _MAX_DONE:
-                    self._drop(next(iter(self.done)), "it was served to its last page")
+                self.served_out[sid] = None
+                self.served_out.move_to_end(sid)
+                while len(self.served_out) > _MAX_DONE:
+                    self._drop(next(iter(self.served_out)), "it was served to its last page")
             return
         gone = self.gone.get(sid)
         if gone is not None and gone.target == view.path:
