@@ -1,0 +1,33 @@
+"""mitmproxy finds hooks by attribute name: an attribute of an addon named like a hook (a
+``done`` dict, a ``log`` sink) makes mitmproxy refuse the addon when that hook fires."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from mitmproxy import hooks
+from mitmproxy.test import taddons
+
+SCRIPT = Path(__file__).resolve().parents[2] / "addons" / "repl.py"
+
+
+def _suite() -> list[object]:
+    spec = importlib.util.spec_from_file_location("repl_script_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.addons)
+
+
+@pytest.mark.parametrize("addon", _suite(), ids=lambda a: type(a).__name__)
+def test_every_attribute_named_like_a_hook_is_callable(addon: object) -> None:
+    assert len(hooks.all_hooks) > 40
+    with taddons.context(addon):  # configured and running, as in the proxy
+        clashes = [
+            name
+            for name in hooks.all_hooks
+            if hasattr(addon, name) and not callable(getattr(addon, name))
+        ]
+    assert clashes == []
