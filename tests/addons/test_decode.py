@@ -205,3 +205,54 @@ async def test_refresh_after_another_addon_changed_the_answer() -> None:
         d.refresh(f)
     assert f.metadata["repl"]["response"]["changes"] == {"new": 0, "change": 1, "delete": 1}
     assert f.comment.count("manifest /c/") == 1
+
+
+async def test_large_answers_are_decoded_on_a_worker_thread_while_the_proxy_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import threading
+
+    from repltap.mitm import decode as decode_mod
+
+    def manifest_flow() -> http.HTTPFlow:
+        return flow(
+            "SEARCH",
+            "/exchange/alice/Inbox/",
+            INITIAL,
+            {},
+            207,
+            MANIFEST,
+            {"Content-Type": "text/xml"},
+        )
+
+    d = Decode()
+    with taddons.context(d) as tctx:
+        inline = manifest_flow()
+        await tctx.cycle(d, inline)  # small: decoded on the proxy's thread
+        assert d.pool is None
+
+        monkeypatch.setattr(decode_mod, "THREAD_ABOVE", 0)
+        decode_response = decode_mod.protocol.decode_response
+        seen: list[str] = []
+        loop_ran = threading.Event()
+
+        def on_worker(*args: object, **kwargs: object) -> object:
+            seen.append(threading.current_thread().name)
+            # Only the event loop, free while this runs, can set it.
+            assert loop_ran.wait(10), "the event loop was blocked during the decode"
+            return decode_response(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(decode_mod.protocol, "decode_response", on_worker)
+
+        async def meanwhile() -> None:
+            await asyncio.sleep(0)
+            loop_ran.set()
+
+        threaded = manifest_flow()
+        await asyncio.gather(tctx.cycle(d, threaded), meanwhile())
+        assert len(seen) == 1 and seen[0].startswith("repltap-decode")
+        assert threaded.metadata["repl"] == inline.metadata["repl"]
+        assert threaded.comment == inline.comment
+        d.done()
+        assert d.pool is None

@@ -482,7 +482,7 @@ async def test_what_other_addons_put_in_the_summary_survives_a_rewrite(tmp_path:
         await lb._hook("request", f)
         f.response = answer
         await lb._hook("responseheaders", f)
-        lb.decode.response(f)
+        await lb.decode.response(f)
         # The cache addon sits between Decode and Faults, and records its part here.
         f.metadata["repl"]["cache"] = {"kind": "miss"}
         await lb.faults.response(f)
