@@ -86,12 +86,13 @@ def decode_response(
     upstream is known to (``hint``), or when the answer carries an ETag (or is a PROPFIND
     multistatus) or the condition names a real ETag: its ETag is what RFC 6578 clients follow.
     """
+    h = HeaderView.of(headers)  # once: both decoders take the view as it is
     if req.protocol == "rfc6578":
-        return rfc6578.decode_response(req, status, headers, body, max_bytes=max_bytes)
-    if not req.manifest and _plain_dav(req, HeaderView.of(headers), body, hint):
+        return rfc6578.decode_response(req, status, h, body, max_bytes=max_bytes)
+    if not req.manifest and _plain_dav(req, h, body, hint):
         req.protocol = "rfc6578"
-        return rfc6578.decode_response(req, status, headers, body, max_bytes=max_bytes)
-    return exchange.decode_response(req, status, headers, body, max_bytes=max_bytes)
+        return rfc6578.decode_response(req, status, h, body, max_bytes=max_bytes)
+    return exchange.decode_response(req, status, h, body, max_bytes=max_bytes)
 
 
 def _plain_dav(req: Request, h: HeaderView, body: bytes | None, hint: str | None) -> bool:

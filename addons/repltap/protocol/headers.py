@@ -272,9 +272,9 @@ class HeaderView:
         else:
             pairs = list(headers)  # type: ignore[call-overload]
         items: dict[str, str] = {}
-        for k, v in pairs:
-            name = _text(k).lower()
-            val = _text(v)
+        for k, v in pairs:  # _text inlined: this runs for every header of every flow
+            name = (k.decode("latin-1") if type(k) is bytes else _text(k)).lower()
+            val = v.decode("latin-1") if type(v) is bytes else _text(v)
             if name in items:
                 items[name] = items[name] + (" " if name == "if" else ", ") + val
             else:
