@@ -30,7 +30,8 @@ def main() -> int:
         tracker.memory(),
         cache.run(),
         *cache_scale.run(),
-        proxy.run(),
+        proxy.run("sync"),
+        proxy.run("manifests"),
     ]
     print(f"{'benchmark':<34} {'baseline':>12} {'repltap':>12} {'ratio':>7}  target  ok")
     for r in results:
