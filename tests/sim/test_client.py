@@ -340,6 +340,21 @@ def test_a_write_is_not_sent_again_when_the_connection_closes(
     http.close()
 
 
+def test_a_read_dropped_on_a_new_connection_is_sent_once_more(relay: Relay) -> None:
+    """A proxy that drops a GET before the server sees it (repltap's drop fault) costs a second
+    request, not the round; a second drop ends it."""
+    http = Http(relay.url + INBOX)
+    relay.fault("GET", "/Hello.EML", "drop")
+    assert http.request("GET", INBOX + "Hello.EML").status == 200
+    assert relay.count("GET") == 2
+    http.close()
+    relay.fault("GET", "/Hello.EML", "drop", "drop")
+    with pytest.raises(SyncError, match="the connection was closed"):
+        http.request("GET", INBOX + "Hello.EML")
+    assert relay.count("GET") == 4
+    http.close()
+
+
 def test_a_write_does_not_go_on_a_connection_closed_while_idle(peer: Peer, relay: Relay) -> None:
     """A kept-alive connection the server closed while idle is seen before a write is sent on
     it: the write goes on a new connection instead of failing for nothing."""

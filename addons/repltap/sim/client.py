@@ -184,10 +184,12 @@ class Http:
     ) -> Reply:
         """Send a request for ``path`` (on the server's origin) and read the whole answer.
 
-        When a kept-alive connection closes under a request, an idempotent one (GET, HEAD,
-        PROPFIND, SEARCH, OPTIONS) is sent once more on a new connection. A write is never sent
-        again: the server may have applied it before the connection went, and a second copy
-        could be applied twice. Its failure raises AnswerLost, and the round ends there."""
+        When the connection closes under a request before its answer (a kept-alive one the
+        server closed meanwhile, or one a proxy or the network dropped), an idempotent request
+        (GET, HEAD, PROPFIND, SEARCH, OPTIONS) is sent once more on a new connection. A write
+        is never sent again: the server may have applied it before the connection went, and a
+        second copy could be applied twice. Its failure raises AnswerLost, and the round ends
+        there."""
         url = self.origin + path
         # Through a plain-HTTP proxy the request line carries the absolute URL.
         target = url if self.proxy is not None and self.scheme == "http" else path
@@ -197,7 +199,6 @@ class Http:
         for attempt in range(2):
             if self.conn is not None and not idempotent and self._idle_closed():
                 self.close()  # closed while idle: a write goes on a new connection instead
-            fresh = self.conn is None
             if self.conn is None:
                 self.conn = self._connect()
                 try:
@@ -223,9 +224,11 @@ class Http:
                     ) from None
                 if not closed:
                     raise SyncError(f"{method} {url}: cannot talk to {where}: {e}") from None
-                if fresh or attempt:
+                if attempt:
                     raise SyncError(f"{method} {url}: the connection was closed ({e})") from None
-                continue  # a kept-alive connection the server closed meanwhile: once more
+                # A kept-alive connection the server closed meanwhile, or a new one dropped on
+                # the way (a proxy, a network): a read asks once more, on a new connection.
+                continue
             if resp.will_close:
                 self.close()
             return Reply(resp.status, resp.reason, resp.getheaders(), data)
