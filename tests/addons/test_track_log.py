@@ -109,3 +109,22 @@ async def test_log_appends_across_runs(tmp_path: Path) -> None:
     await run(tmp_path, flows)
     _, events = await run(tmp_path, [manifest_flow(None, "T1", [])])
     assert len(events) == 4  # two runs, two events each, none lost
+
+
+async def test_anomalies_command_says_when_it_shows_only_the_latest(tmp_path: Path) -> None:
+    from collections import deque
+
+    listed = [("new", f"{INBOX}{i}.EML", f"rt:{i}", f"rid:{i}") for i in range(3)]
+    flows = [manifest_flow(None, "T1", listed)]
+    for i in range(3):
+        f = put_flow(None, 204)
+        f.request.path = f"{INBOX}{i}.EML"
+        flows.append(f)
+    track, _ = await run(tmp_path, flows)
+    out = track.anomalies()
+    assert not out.startswith("the latest") and "unconditional-write (3x):" in out
+    kept = track.tracker.anomalies
+    track.tracker.anomalies = deque(list(kept)[-2:], maxlen=2)  # as if 1,000 had gone by
+    out = track.anomalies()
+    assert out.startswith("the latest 2 of 3 anomalies (the log has all):")
+    assert out.count("\n#") == 2 and "unconditional-write (3x):" in out

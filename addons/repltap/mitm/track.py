@@ -92,14 +92,21 @@ class Track:
 
     @command.command("repl.anomalies")
     def anomalies(self) -> str:
-        """Every anomaly seen so far, one line each, with what it means."""
+        """The latest anomalies (up to 1,000), one line each, then every code seen with its
+        count and what it means."""
         lines = []
         for a in self.tracker.anomalies:
             where = a.get("collection") or a.get("resource") or ""
             lines.append(f"#{a['seq']} {a['severity']:<7} {a['code']:<28} {where}: {a['detail']}")
-        if not lines:
+        counts = self.tracker.anomaly_counts
+        if not counts:
             return "no anomalies"
-        codes = sorted({a["code"] for a in self.tracker.anomalies})
+        total = sum(counts.values())
+        if total > len(lines):
+            lines.insert(0, f"the latest {len(lines)} of {total} anomalies (the log has all):")
         lines.append("")
-        lines += [f"{c}: {CATALOGUE[c].meaning} {CATALOGUE[c].advice}" for c in codes]
+        lines += [
+            f"{c} ({counts[c]}x): {CATALOGUE[c].meaning} {CATALOGUE[c].advice}"
+            for c in sorted(counts)
+        ]
         return "\n".join(lines)
