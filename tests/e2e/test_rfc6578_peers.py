@@ -4,7 +4,7 @@ Real servers (Radicale, Xandikos, wsgidav from PyPI; tests/harness/peers.py) on 
 throwaway storage, real clients (python-caldav, caldav-server-tester, Debian's litmus), and a
 real ``mitmdump -s addons/repl.py --set repl_log=...`` in between, in regular and in reverse
 proxy mode. The events are read back from the JSON Lines log, the wire from a ``-w`` recording.
-What each peer does on the wire is in /work/shared/spec/rfc6578-peers.md; every quirk asserted
+What each peer does on the wire is in ../shared/spec/rfc6578-peers.md; every quirk asserted
 here was seen on the wire by these tests.
 
 A missing peer (a console script or the litmus binary) fails these tests; it never skips them.

@@ -1,6 +1,6 @@
 """Run the real mitmdump/mitmweb as subprocesses and talk raw HTTP/1.1 to them.
 
-Facts this relies on (see /work/shared/notes/mitmproxy-12.md §0, §3.4, §5):
+Facts this relies on (see ../shared/notes/mitmproxy-12.md §0, §3.4, §5):
 - piped stdout of mitmdump is block-buffered unless PYTHONUNBUFFERED=1;
 - `--listen-port 0` picks a free port, logged as "... listening at 127.0.0.1:PORT.";
 - mitmweb logs "Web server listening at http://HOST:PORT/?token=HEX"; `--web-port 0` would log

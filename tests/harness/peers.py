@@ -1,5 +1,5 @@
 """Real WebDAV/CalDAV servers for the end-to-end tests, each on a free loopback port with storage in
-a throwaway directory; see /work/shared/spec/rfc6578-peers.md for what each one does on the wire.
+a throwaway directory; see ../shared/spec/rfc6578-peers.md for what each one does on the wire.
 
     with radicale(tmp_path) as base:      # "http://127.0.0.1:PORT"; calendar at /alice/cal/
     with xandikos(tmp_path) as base:      # calendar at /user/calendars/calendar/
