@@ -42,6 +42,7 @@ from mitmproxy.net import encoding
 
 from . import protocol
 from .protocol.model import Request, Response, normalise_path, short_token
+from .sim.client import open_connection
 from .summary import WRITE_KINDS
 
 REDACTED_MARK = "[redacted"
@@ -252,17 +253,8 @@ class Sender:
         self.conn: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
-        host, port = self.u.hostname or "", self.u.port
-        if self.proxy is not None:
-            phost, pport = self.proxy.hostname or "", self.proxy.port or 8080
-            if self.u.scheme == "https":
-                tunnel = http.client.HTTPSConnection(phost, pport, timeout=self.timeout)
-                tunnel.set_tunnel(host, port)
-                return tunnel
-            return http.client.HTTPConnection(phost, pport, timeout=self.timeout)
-        if self.u.scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=self.timeout)
-        return http.client.HTTPConnection(host, port, timeout=self.timeout)
+        u = self.u
+        return open_connection(u.scheme, u.hostname or "", u.port, self.proxy, self.timeout)
 
     def send(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Live:
         url = self.origin + path

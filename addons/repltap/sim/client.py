@@ -65,7 +65,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from lxml import etree
 
@@ -136,6 +136,25 @@ class Reply:
         )
 
 
+def open_connection(
+    scheme: str, host: str, port: int | None, proxy: SplitResult | None, timeout: float
+) -> http.client.HTTPConnection:
+    """A connection (not yet open) to ``host``:``port``, or to the HTTP proxy ``proxy`` in
+    front of it: a CONNECT tunnel through it for https. Shared with ``repltap replay-client``."""
+    if proxy is not None:
+        phost, pport = proxy.hostname or "", proxy.port or 8080
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(
+                phost, pport, timeout=timeout, context=ssl.create_default_context()
+            )
+            conn.set_tunnel(host, port)
+            return conn
+        return http.client.HTTPConnection(phost, pport, timeout=timeout)
+    if scheme == "https":
+        return http.client.HTTPSConnection(host, port, timeout=timeout)
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
 class Http:
     """One keep-alive connection to the server, or to an HTTP proxy in front of it."""
 
@@ -154,18 +173,7 @@ class Http:
         self.conn: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
-        if self.proxy is not None:
-            host, port = self.proxy.hostname or "", self.proxy.port or 8080
-            if self.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    host, port, timeout=self.timeout, context=ssl.create_default_context()
-                )
-                conn.set_tunnel(self.host, self.port)
-                return conn
-            return http.client.HTTPConnection(host, port, timeout=self.timeout)
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return open_connection(self.scheme, self.host, self.port, self.proxy, self.timeout)
 
     def _idle_closed(self) -> bool:
         """The kept-alive connection is readable while no answer is due: the server closed it
