@@ -31,7 +31,7 @@ from repltap.sim.admin import AdminClient
 from repltap.sim.client import STATE_FILE, State, SyncError, sync
 from tests.cache.servers import counting_server
 from tests.harness.mitm import MitmProc, start_mitmdump
-from tests.harness.peers import RADICALE_CALENDAR, RADICALE_USER, radicale
+from tests.harness.peers import RADICALE_CALENDAR, RADICALE_USER, ical, radicale
 
 pytestmark = pytest.mark.e2e
 
@@ -174,18 +174,6 @@ def test_serve_hit_spares_the_upstream_a_request(tmp_path: Path, mitm_confdir: s
 
 # ----------------------------------------------------------------------------- Radicale
 
-ICAL = """BEGIN:VCALENDAR
-VERSION:2.0
-PRODID:-//repltap//cache//EN
-BEGIN:VEVENT
-UID:{uid}
-DTSTAMP:20260101T000000Z
-DTSTART:20260105T100000Z
-DTEND:20260105T110000Z
-SUMMARY:{summary}
-END:VEVENT
-END:VCALENDAR
-"""
 AUTH = {"Authorization": "Basic YWxpY2U6eA=="}  # alice:x
 
 
@@ -232,15 +220,13 @@ def test_radicale_replica_equals_the_collection(tmp_path: Path, mitm_confdir: st
             )
             cal = client.calendar(url=f"http://127.0.0.1:{proxy.port}{RADICALE_CALENDAR}")
             token = cal.get_objects_by_sync_token(None, disable_fallback=True).sync_token
-            events = [
-                cal.add_event(ICAL.format(uid=f"ev-{i}", summary=f"one {i}")) for i in range(4)
-            ]
+            events = [cal.add_event(ical(f"ev-{i}", f"one {i}")) for i in range(4)]
             token = cal.get_objects_by_sync_token(token, disable_fallback=True).sync_token
             events[0].icalendar_component["SUMMARY"] = "changed through the proxy"
             events[0].save()
             other = urllib.parse.urlsplit(str(events[1].url)).path
             status, _ = direct(
-                base, "PUT", other, ICAL.format(uid="ev-1", summary="changed elsewhere").encode(),
+                base, "PUT", other, ical("ev-1", "changed elsewhere").encode(),
                 **{"Content-Type": "text/calendar"},
             )  # fmt: skip
             assert status in (200, 201, 204)

@@ -42,7 +42,7 @@ from tests.harness.mitm import (
     split_response,
     start_mitmdump,
 )
-from tests.harness.peers import RADICALE_CALENDAR, RADICALE_USER, radicale
+from tests.harness.peers import RADICALE_CALENDAR, RADICALE_USER, ical, radicale
 from tests.harness.vectors import send_all_vectors, vector_server
 
 pytestmark = pytest.mark.e2e
@@ -786,18 +786,6 @@ rules:
     match: {method: PUT, header: {If-Match: '"*'}, nth: 1}
     action: conflict
 """
-VEVENT = """BEGIN:VCALENDAR
-VERSION:2.0
-PRODID:-//repltap//faults//EN
-BEGIN:VEVENT
-UID:{uid}
-DTSTAMP:20260101T000000Z
-DTSTART:20260105T100000Z
-DTEND:20260105T110000Z
-SUMMARY:{summary}
-END:VEVENT
-END:VCALENDAR
-"""
 
 
 def _direct(base: str, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -833,10 +821,7 @@ def test_caldav_against_radicale(tmp_path: Path, mitm_confdir: str) -> None:
     with radicale(tmp_path / "radicale") as base:
         for i in range(3):
             path = f"{RADICALE_CALENDAR}seed-{i}.ics"
-            assert (
-                _direct(base, "PUT", path, VEVENT.format(uid=f"seed-{i}", summary=i).encode())[0]
-                == 201
-            )
+            assert _direct(base, "PUT", path, ical(f"seed-{i}", i).encode())[0] == 201
         rec, log = tmp_path / "rec.mitm", tmp_path / "events.jsonl"
         m = start_mitmdump(
             "--mode",
@@ -866,7 +851,7 @@ def test_caldav_against_radicale(tmp_path: Path, mitm_confdir: str) -> None:
             assert held == _members(base) and len(held) == 3 and not objs.truncated
             # Another client changes the calendar behind repltap's back.
             assert _direct(base, "DELETE", f"{RADICALE_CALENDAR}seed-0.ics")[0] in (200, 204)
-            new = VEVENT.format(uid="later", summary="later").encode()
+            new = ical("later", "later").encode()
             assert _direct(base, "PUT", f"{RADICALE_CALENDAR}later.ics", new)[0] == 201
             objs.sync()  # the token is refused: python-caldav lists everything instead
             held = {urlsplit(str(o.url)).path for o in objs.objects}

@@ -45,7 +45,7 @@ from tests.harness.mitm import (
     split_response,
     start_mitmdump,
 )
-from tests.harness.peers import RADICALE_CALENDAR, RADICALE_USER, radicale
+from tests.harness.peers import RADICALE_CALENDAR, RADICALE_USER, ical, radicale
 from tests.replay import mitmweb_shot
 from tests.report import browser, png
 
@@ -435,13 +435,6 @@ def test_client_replay_translates_tokens_and_names_the_divergence(
 # ----------------------------------------------------------------------------- RFC 6578
 
 
-ICAL = (
-    "BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:-//repltap//e2e//EN\nBEGIN:VEVENT\nUID:replay-e2e\n"
-    "DTSTAMP:20260101T000000Z\nDTSTART:20260105T100000Z\nDTEND:20260105T110000Z\n"
-    "SUMMARY:{}\nEND:VEVENT\nEND:VCALENDAR\n"
-)
-
-
 def _caldav_session(url: str) -> tuple[list[str], list[str]]:
     """python-caldav: initial sync, create, sync, modify, sync, sync again. Returns the tokens
     and what each sync listed."""
@@ -451,7 +444,7 @@ def _caldav_session(url: str) -> tuple[list[str], list[str]]:
         tokens, listed = [], []
         for step in range(5):
             if step == 1:
-                cal.add_event(ICAL.format("one"))
+                cal.add_event(ical("replay-e2e", "one"))
             if step == 2:
                 ev = cal.event_by_uid("replay-e2e")
                 ev.icalendar_component["SUMMARY"] = "two"

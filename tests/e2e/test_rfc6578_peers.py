@@ -39,6 +39,7 @@ from tests.harness.peers import (
     RADICALE_USER,
     XANDIKOS_CALENDAR,
     find_peer_exe,
+    ical,
     radicale,
     wsgidav,
     xandikos,
@@ -50,18 +51,6 @@ SCRIPT = str(Path(__file__).resolve().parents[2] / "addons" / "repl.py")
 INVALID_TOKEN = "http://example.invalid/repltap-never-issued"
 EVENT_NAME = "repltap-e2e.ics"
 SEED_NAME = "repltap-seed.ics"
-ICAL = """BEGIN:VCALENDAR
-VERSION:2.0
-PRODID:-//repltap//e2e//EN
-BEGIN:VEVENT
-UID:{uid}
-DTSTAMP:20260101T000000Z
-DTSTART:20260105T100000Z
-DTEND:20260105T110000Z
-SUMMARY:{summary}
-END:VEVENT
-END:VCALENDAR
-"""
 HEX40 = re.compile(r"[0-9a-f]{40}")
 RADICALE_TOKEN = re.compile(r"http://radicale\.org/ns/sync/[0-9a-f]{64}")
 
@@ -144,10 +133,6 @@ def _direct(
         conn.close()
 
 
-def _ical(uid: str, summary: str) -> str:
-    return ICAL.format(uid=uid, summary=summary)
-
-
 @dataclass
 class Run:
     """What python-caldav saw, step by step, to compare with what repltap logged."""
@@ -171,7 +156,7 @@ def _scenario(peer: Peer, cal: Calendar, base: str) -> Run:
         return got.sync_token
 
     sync(None)  # t0
-    ev = cal.add_event(_ical("repltap-e2e", "one"))
+    ev = cal.add_event(ical("repltap-e2e", "one"))
     run.href = urllib.parse.urlsplit(str(ev.url)).path
     assert run.href == peer.calendar + EVENT_NAME
     assert ev.etag
@@ -187,7 +172,7 @@ def _scenario(peer: Peer, cal: Calendar, base: str) -> Run:
         base,
         "PUT",
         run.href,
-        _ical("repltap-e2e", "three").encode(),
+        ical("repltap-e2e", "three").encode(),
         {"Content-Type": "text/calendar; charset=utf-8"},
     )
     assert status in (200, 204) and headers.get("etag"), (status, headers)
@@ -210,7 +195,7 @@ def _scenario(peer: Peer, cal: Calendar, base: str) -> Run:
 def _seed(peer: Peer, base: str) -> None:
     """Before repltap looks: an event is created and deleted (Radicale remembers deletions)."""
     path = peer.calendar + SEED_NAME
-    body = _ical("repltap-seed", "seed").encode()
+    body = ical("repltap-seed", "seed").encode()
     assert _direct(base, "PUT", path, body, {"Content-Type": "text/calendar"})[0] == 201
     assert _direct(base, "DELETE", path)[0] in (200, 204)
 

@@ -169,6 +169,15 @@ def _request(
         conn.close()
 
 
+def ical(uid: str, summary: object) -> str:
+    """A minimal iCalendar event, as the CalDAV end-to-end tests create and modify."""
+    return (
+        "BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:-//repltap//e2e//EN\nBEGIN:VEVENT\n"
+        f"UID:{uid}\nDTSTAMP:20260101T000000Z\nDTSTART:20260105T100000Z\n"
+        f"DTEND:20260105T110000Z\nSUMMARY:{summary}\nEND:VEVENT\nEND:VCALENDAR\n"
+    )
+
+
 MKCALENDAR_BODY = b"""<?xml version="1.0" encoding="utf-8"?>
 <C:mkcalendar xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">
   <D:set><D:prop><D:displayname>cal</D:displayname></D:prop></D:set>
