@@ -929,11 +929,7 @@ class Tracker:
                 path = items.pop(uid, None) if uid else None
                 if path is None and href:
                     path = normalise(href)
-                gone = (
-                    self._record(upstream, known, path)
-                    if path is not None and path in known
-                    else None
-                )
+                gone = self._record(upstream, known, path) if path is not None else None
                 if gone is None:
                     continue  # never seen on the wire: there is no history to close
                 self._gone(gone, "manifest", status, emit, uid)
@@ -978,6 +974,12 @@ class Tracker:
         if r is None:
             r = known[path] = Resource(upstream, path)
         return r
+
+    def _revive(self, r: Resource) -> None:
+        """A deleted resource back on the wire: no longer a tombstone (which _bury may drop)."""
+        if r.deleted:
+            self._dead.pop(id(r), None)
+            r.deleted = False
 
     @staticmethod
     def _record(upstream: str, known: dict[str, Resource | Sighting], path: str) -> Resource | None:
@@ -1077,9 +1079,7 @@ class Tracker:
             r.tag = tag
         if uid is not None:
             r.uid = uid
-        if r.deleted:
-            self._dead.pop(id(r), None)  # back: no longer a tombstone
-            r.deleted = False
+        self._revive(r)
         r.record((r.tag, r.uid, via, self.seq))
 
     def _resource_flow(self, s: dict[str, Any], emit: Callable[..., dict[str, Any]]) -> None:
@@ -1175,9 +1175,8 @@ class Tracker:
             dst = self._resource(upstream, dst_path)
             # The uid normally travels with the item (spec §9.8); the destination's tag is
             # only known once it is read again.
-            if dst.deleted:
-                self._dead.pop(id(dst), None)
-            dst.uid, dst.tag, dst.deleted = src.uid, None, False
+            self._revive(dst)
+            dst.uid, dst.tag = src.uid, None
             dst.record((None, src.uid, method, self.seq))
             self._gone(src, method, status, emit)
             return
