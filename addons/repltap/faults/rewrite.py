@@ -306,6 +306,11 @@ def dav_prefix(body: bytes) -> str | None:
         root = safexml.parse(body)
     except safexml.XmlProblem:
         return "D"
+    return dav_prefix_of(root)
+
+
+def dav_prefix_of(root: etree._Element) -> str | None:
+    """:func:`dav_prefix` of an answer already parsed."""
     for prefix, ns in root.nsmap.items():
         if ns == DAV:
             return prefix

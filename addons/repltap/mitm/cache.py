@@ -269,7 +269,7 @@ class Cache:
         if db is None or flow.response is None or not isinstance(s, dict):
             self.pending.pop(flow.id, None)
             return
-        if not _from_upstream(flow):
+        if not from_upstream(flow):
             self.pending.pop(flow.id, None)
             return  # only what the upstream really answered teaches the cache
         offline_5xx = self.mode == "offline" and flow.response.status_code >= 500
@@ -613,7 +613,7 @@ class Cache:
         return f"exported {len(doc['items'])} items of {c['upstream']}{c['collection']} to {target}"
 
 
-def _from_upstream(flow: http.HTTPFlow) -> bool:
+def from_upstream(flow: http.HTTPFlow) -> bool:
     """Whether the flow's answer is the upstream's own, live: not from a recording, a server
     replay, or an addon that answered in the request phase (see SYNTHETIC_KEY)."""
     return flow.live and flow.is_replay != "response" and not flow.metadata.get(SYNTHETIC_KEY)

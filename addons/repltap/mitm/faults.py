@@ -43,7 +43,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -65,7 +65,7 @@ from ..faults.scenario import load as load_scenario
 from ..protocol import exchange
 from ..protocol.model import normalise_path
 from ..summary import SUMMARY_KEYS
-from .cache import SYNTHETIC_KEY
+from .cache import SYNTHETIC_KEY, from_upstream
 from .decode import META_KEY, upstream_of
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class _Split:
     pages: int
     final: str  # the server's own token, handed out with the last page
     server: str  # its Server header: the style of the rejection once the answer is let go
+    dav_prefix: str | None  # RFC 6578: its DAV: prefix, for that rejection (read once, here)
     size: int = 0  # what keeping it costs, in bytes
 
 
@@ -663,6 +664,7 @@ class Faults:
                 pages=pages,
                 final=final,
                 server=resp.headers.get("server", ""),
+                dav_prefix=rewrite.dav_prefix_of(m.root) if view.protocol == "rfc6578" else None,
             ),
         )
         return (
@@ -673,12 +675,7 @@ class Faults:
     def _keep(self, sid: str, split: _Split) -> None:
         """Keep a split answer for its follow-up pages; the least recently used go first when
         the kept ones cost more than _KEEP_BYTES or outnumber _MAX_SPLITS (the newest stays)."""
-        split.size = (
-            len(split.body)
-            + sum(len(k) + len(v) for k, v in split.headers)
-            + len(split.final)
-            + _OVERHEAD
-        )
+        split.size = _cost(split.body, split.headers) + len(split.final)
         old = self.splits.pop(sid, None)
         if old is not None:
             self.split_bytes -= old.size
@@ -705,8 +702,9 @@ class Faults:
 
     def _let_go(self, sid: str, split: _Split, why: str) -> None:
         """Forget a split answer's body, but not that its page tokens were ours."""
-        prefix = rewrite.dav_prefix(split.body) if split.protocol == "rfc6578" else None
-        self.gone[sid] = _Gone(split.rule, split.target, split.protocol, split.server, prefix, why)
+        self.gone[sid] = _Gone(
+            split.rule, split.target, split.protocol, split.server, split.dav_prefix, why
+        )
         _trim(self.gone, sid, _MAX_GONE)
 
     def _continue_split(self, flow: http.HTTPFlow, view: FlowView) -> None:
@@ -956,10 +954,10 @@ class Faults:
 
     def _remember(self, flow: http.HTTPFlow, view: FlowView) -> None:
         """Keep the server's own manifest answers for stale_token and swap_token."""
-        if not self.keep_history or flow.id in self.ours or view.received_token is None:
+        if not self.keep_history or view.received_token is None:
             return
-        if flow.metadata.get(SYNTHETIC_KEY) or flow.is_replay == "response":
-            return  # another addon's answer (cache, replay), not the server's
+        if not from_upstream(flow):
+            return  # another addon's answer (cache, replay, this one), not the server's
         if view.status not in (206, 207) or flow.response is None:
             return
         key = _collection_key(flow, view)
@@ -981,9 +979,7 @@ class Faults:
             _, old = self.history.popitem(last=False)
             self.history_bytes -= sum(size for _, _, size in old)
         self.last_tokens[key] = view.received_token
-        self.last_tokens.move_to_end(key)
-        while len(self.last_tokens) > _MAX_COLLECTIONS:
-            self.last_tokens.popitem(last=False)
+        _trim(self.last_tokens, key, _MAX_COLLECTIONS)
 
     def _earlier(self, flow: http.HTTPFlow, view: FlowView) -> list[http.Response]:
         """The server's earlier answers for this flow's collection to the same kind of manifest
@@ -1229,13 +1225,13 @@ def _trim(d: OrderedDict[str, Any], key: str, most: int) -> None:
         d.popitem(last=False)
 
 
-def _size(resp: http.Response) -> int:
+def _cost(body: bytes, fields: Iterable[tuple[bytes, bytes]]) -> int:
     """What keeping an answer costs, in bytes (roughly: its body and headers, and objects)."""
-    return (
-        len(resp.raw_content or b"")
-        + sum(len(k) + len(v) for k, v in resp.headers.fields)
-        + _OVERHEAD
-    )
+    return len(body) + sum(len(k) + len(v) for k, v in fields) + _OVERHEAD
+
+
+def _size(resp: http.Response) -> int:
+    return _cost(resp.raw_content or b"", resp.headers.fields)
 
 
 def _content_length(resp: http.Response) -> int | None:
