@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from repltap.protocol.headers import (
     ContentRange,
@@ -15,6 +17,8 @@ from repltap.protocol.headers import (
     parse_range_rows,
     strip_coded_url,
 )
+from repltap.protocol.model import Condition
+from repltap.protocol.webdav import read_condition
 
 
 @pytest.mark.parametrize(
@@ -148,3 +152,79 @@ def test_header_view_is_case_insensitive_and_joins_if_lists() -> None:
     assert parse_if(h.get("If") or "").tokens("rid:") == ["rid:b"]
     assert HeaderView.of({"Depth": "1"}).get("depth") == "1"
     assert HeaderView.of([(b"X", b"\xff")]).get("x") == "\xff"
+
+
+def _condition_by_the_grammar(raw_if: str) -> Condition:
+    """What read_condition gave before its fast path: every If read by the general parser."""
+    malformed: list[str] = []
+    try:
+        p = parse_if(raw_if)
+    except HeaderSyntaxError as e:
+        malformed.append(str(e))
+        return Condition(raw_if=raw_if)
+    return Condition(
+        raw_if=raw_if,
+        tags=tuple(p.tokens("rt:")),
+        uids=tuple(p.tokens("rid:")),
+        not_tags=tuple(p.negated_tokens("rt:")),
+        not_uids=tuple(p.negated_tokens("rid:")),
+        etags=tuple(p.etags),
+    )
+
+
+_IF_PIECES = st.sampled_from(
+    ["(", ")", "<", ">", "[", "]", " ", "\t", "Not ", "rt:", "RT:", "rid:", "Rid:", "x", '"e"']
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_IF_PIECES | st.text(max_size=3), max_size=12).map("".join))
+def test_read_condition_fast_path_agrees_with_the_grammar(raw_if: str) -> None:
+    malformed: list[str] = []
+    got = read_condition(HeaderView.of({"If": raw_if}), malformed)
+    assert got == _condition_by_the_grammar(raw_if)
+    assert bool(malformed) == (_parse_fails(raw_if))
+
+
+@pytest.mark.parametrize(
+    "raw_if",
+    ["(<rt:1>)", " ( <RT:a b> ) ", "\t(<rid:x>)", "(<>)", "(<opaquelocktoken:1>)", "(< rt:2 >)"],
+)
+def test_read_condition_single_token_forms(raw_if: str) -> None:
+    malformed: list[str] = []
+    assert read_condition(HeaderView.of({"If": raw_if}), malformed) == (
+        _condition_by_the_grammar(raw_if)
+    )
+    assert malformed == []
+
+
+def test_read_condition_without_any_condition_header() -> None:
+    c = read_condition(HeaderView.of({"Depth": "1"}), [])
+    assert c == Condition() and c.empty
+
+
+def _parse_fails(raw_if: str) -> bool:
+    try:
+        parse_if(raw_if)
+    except HeaderSyntaxError:
+        return True
+    return False
+
+
+class _Fields:
+    """Headers the way mitmproxy hands them over: (name, value) pairs of bytes in ``.fields``."""
+
+    def __init__(self, *fields: tuple[bytes, bytes]) -> None:
+        self.fields = fields
+
+
+def test_header_view_of_raw_fields_joins_repeats_and_reads_latin1() -> None:
+    once = HeaderView.of(_Fields((b"Depth", b"1"), (b"X-Name", b"caf\xe9")))
+    assert once.get("depth") == "1" and once.get("x-name") == "café"
+    twice = HeaderView.of(
+        _Fields((b"If", b"(<rt:a>)"), (b"Accept", b"a"), (b"if", b"(<rid:b>)"), (b"ACCEPT", b"b"))
+    )
+    assert twice.get("if") == "(<rt:a>) (<rid:b>)"
+    assert twice.get("accept") == "a, b"
+    mixed = HeaderView.of(_Fields((b"Depth", b"1"), ("If", "(<rt:c>)")))  # type: ignore[arg-type]
+    assert mixed.get("if") == "(<rt:c>)" and mixed.get("depth") == "1"

@@ -263,15 +263,25 @@ class HeaderView:
         """Build a view from a dict, a list of pairs, or anything with ``.items()``/``.fields``."""
         if isinstance(headers, HeaderView):
             return headers
-        pairs: list[tuple[object, object]]
         fields = getattr(headers, "fields", None)  # mitmproxy.http.Headers keeps repeated fields
+        if fields is not None:
+            # mitmproxy's own headers (bytes), the case of every flow: one quick pass, and the
+            # general one below only if a name came twice (the pass kept the last of them).
+            try:
+                items = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in fields}
+            except (AttributeError, TypeError, ValueError):
+                pass  # not pairs of bytes
+            else:
+                if len(items) == len(fields):
+                    return cls(items)
+        pairs: list[tuple[object, object]]
         if fields is not None:
             pairs = list(fields)
         elif hasattr(headers, "items"):
             pairs = list(headers.items())
         else:
             pairs = list(headers)  # type: ignore[call-overload]
-        items: dict[str, str] = {}
+        items = {}
         for k, v in pairs:  # _text inlined: this runs for every header of every flow
             name = (k.decode("latin-1") if type(k) is bytes else _text(k)).lower()
             val = v.decode("latin-1") if type(v) is bytes else _text(v)

@@ -6,6 +6,8 @@ may not: anything specific to Exchange's repl namespace or RFC 6578's sync-colle
 
 from __future__ import annotations
 
+import re
+
 from lxml import etree
 
 from .headers import HeaderSyntaxError, HeaderView, parse_if
@@ -23,32 +25,60 @@ def parse_status_line(text: str | None) -> int | None:
     return None
 
 
+# The If header nearly every replication request carries: one untagged list of one state token,
+# ``(<rt:...>)``. It is read without the general parser; what the general parser would make of
+# it is the same (tests/protocol/test_headers.py checks the two agree on generated headers).
+_ONE_TOKEN = re.compile(r"[ \t]*\([ \t]*<([^<>]*)>[ \t]*\)[ \t]*")
+_NO_CONDITION = Condition()
+
+
 def read_condition(h: HeaderView, malformed: list[str]) -> Condition:
     raw_if = h.get("if")
-    tags: list[str] = []
-    uids: list[str] = []
-    not_tags: list[str] = []
-    not_uids: list[str] = []
-    etags: list[str] = []
+    if_match = h.get("if-match")
+    if_none_match = h.get("if-none-match")
+    if_schedule_tag_match = h.get("if-schedule-tag-match")
+    if (raw_if, if_match, if_none_match, if_schedule_tag_match) == (None, None, None, None):
+        return _NO_CONDITION  # frozen: one instance serves every request without one
+    tags: tuple[str, ...] = ()
+    uids: tuple[str, ...] = ()
+    lists: tuple[tuple[str, ...], ...] = ((), (), (), (), ())
     if raw_if is not None:
-        try:
-            parsed = parse_if(raw_if)
-        except HeaderSyntaxError as e:
-            malformed.append(f"If header not read: {e}")
+        one = _ONE_TOKEN.fullmatch(raw_if)
+        if one is not None:
+            token = one[1].strip()
+            low = token.lower()
+            if low.startswith("rt:"):
+                tags = (token,)
+            elif low.startswith("rid:"):
+                uids = (token,)
         else:
-            tags, uids = parsed.tokens("rt:"), parsed.tokens("rid:")
-            not_tags, not_uids = parsed.negated_tokens("rt:"), parsed.negated_tokens("rid:")
-            etags = parsed.etags
+            try:
+                lists = _sorted_if(raw_if)
+            except HeaderSyntaxError as e:
+                malformed.append(f"If header not read: {e}")
+            tags, uids = lists[0], lists[1]
     return Condition(
         raw_if=raw_if,
-        tags=tuple(tags),
-        uids=tuple(uids),
-        not_tags=tuple(not_tags),
-        not_uids=tuple(not_uids),
-        etags=tuple(etags),
-        if_match=h.get("if-match"),
-        if_none_match=h.get("if-none-match"),
-        if_schedule_tag_match=h.get("if-schedule-tag-match"),
+        tags=tags,
+        uids=uids,
+        not_tags=lists[2],
+        not_uids=lists[3],
+        etags=lists[4],
+        if_match=if_match,
+        if_none_match=if_none_match,
+        if_schedule_tag_match=if_schedule_tag_match,
+    )
+
+
+def _sorted_if(raw_if: str) -> tuple[tuple[str, ...], ...]:
+    """An If header's state tokens and entity tags: (rt:, rid:, Not rt:, Not rid:, etags)."""
+    parsed = parse_if(raw_if)
+    return (
+        tuple(parsed.tokens("rt:")),
+        tuple(parsed.tokens("rid:")),
+        tuple(parsed.negated_tokens("rt:")),
+        tuple(parsed.negated_tokens("rid:")),
+        tuple(parsed.etags),
     )
 
 
