@@ -117,6 +117,39 @@ async def test_get_with_resourcetag_is_relevant_plain_get_is_not() -> None:
     assert plain.comment == ""
 
 
+async def test_a_plain_request_is_summarised_with_its_answer_a_manifest_at_once() -> None:
+    d = Decode()
+    with taddons.context(d):
+        manifest = flow("SEARCH", "/c/", INITIAL, {}, 207, MANIFEST)
+        d.request(manifest)
+        assert manifest.metadata["repl"]["response"] is None  # at once
+        assert manifest.comment.startswith("manifest /c/")
+
+        put = flow("PUT", "/c/a.EML", b"x", {"If": "(<rt:1>)"}, 204)
+        d.request(put)
+        assert "repl" not in put.metadata and put.comment == ""  # put off
+        early = d.summary_now(put)  # an addon asks before the answer
+        assert early is put.metadata["repl"] and early["response"] is None
+        assert put.comment == "upload /c/a.EML: if rt:1"
+        early["fault"] = [{"rule": "kept"}]  # what another addon attached stays
+        await d.response(put)
+        s = put.metadata["repl"]
+        assert s["response"]["status"] == 204 and s["fault"] == [{"rule": "kept"}]
+        assert put.comment == "upload /c/a.EML: if rt:1 → 204 no content (done)"
+        assert d.summary_now(put) is s
+
+        plain = flow("GET", "/index.html", status=200)
+        d.request(plain)
+        assert d.summary_now(plain) is None and "repl" not in plain.metadata
+
+        lost = flow("DELETE", "/c/b.EML", b"", {"If": "(<rt:2>)"})
+        d.request(lost)
+        lost.error = tflow.terr("peer closed connection")
+        d.error(lost)
+    assert lost.metadata["repl"]["error"] == "peer closed connection"
+    assert lost.comment == "delete /c/b.EML: if rt:2 error: peer closed connection"
+
+
 async def test_user_comment_is_kept() -> None:
     d = Decode()
     with taddons.context(d) as tctx:

@@ -1200,6 +1200,10 @@ class Faults:
 
 def _summary(flow: http.HTTPFlow) -> dict[str, Any]:
     s = flow.metadata.get(META_KEY)
+    if isinstance(s, dict) and "request" in s:
+        return s
+    decode = _addon("decode")  # before the answer, Decode writes a plain request's on demand
+    s = decode.summary_now(flow) if decode is not None else None
     return s if isinstance(s, dict) and "request" in s else {}
 
 
