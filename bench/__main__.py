@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import cache, cache_scale, decode, proxy, tracker
+from . import cache, cache_scale, decode, dispatch, proxy, tracker
 
 
 def machine() -> dict[str, Any]:
@@ -30,6 +30,7 @@ def main() -> int:
         tracker.memory(),
         cache.run(),
         *cache_scale.run(),
+        dispatch.run(),
         proxy.run("sync"),
         proxy.run("manifests"),
     ]

@@ -18,7 +18,8 @@ def _suite() -> list[object]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.addons)
+    (suite,) = module.addons
+    return [suite, *suite.parts]
 
 
 @pytest.mark.parametrize("addon", _suite(), ids=lambda a: type(a).__name__)

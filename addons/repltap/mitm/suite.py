@@ -1,0 +1,116 @@
+"""repltap's addons as one entry in mitmproxy's addon chain.
+
+mitmproxy sends every event to every addon in its chain: four events a flow (request headers,
+request, response headers, response), each followed by an ``update``. For each addon and event it
+enters an error guard, makes a coroutine and walks a generator, whether or not the addon has the
+hook; sub-addons (an ``addons`` attribute) are walked on every event too. With repltap's seven
+addons in the chain, that walk cost a plain GET about as much as all of their own work on it
+(``python -m bench.dispatch`` measures it). The Suite is one addon: mitmproxy calls it once an
+event, and it calls the parts that have the hook, in order.
+
+What the parts keep of being addons of their own:
+- options, commands and ``ctx.master.addons.get(name)`` (the Suite loads them, collects their
+  commands and names them when it is loaded; a name taken already is refused as mitmproxy does);
+- ``configure`` in order, its errors left to mitmproxy (a refused option stays refused);
+- every other hook guarded on its own: a part that raises is logged, and the parts after it
+  still see the event, as they did as separate entries.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import ctx, exceptions, hooks
+
+logger = logging.getLogger(__name__)
+
+Call = tuple[str, Callable[..., Any], bool]  # "Part.hook", the bound hook, whether it is async
+
+
+class Suite:
+    """The parts, in order, behind one addon of mitmproxy's chain."""
+
+    name = "repltap"
+
+    def __init__(self, *parts: object) -> None:
+        self.parts = list(parts)
+        self.names: list[str] = []  # what the Suite added to mitmproxy's addon names
+        for hook in hooks.all_hooks:
+            calls = [
+                (f"{type(p).__name__}.{hook}", fn, inspect.iscoroutinefunction(fn))
+                for p in parts
+                if callable(fn := getattr(p, hook, None))
+            ]
+            if calls and hook not in ("load", "configure", "done"):
+                # An instance attribute is a hook to mitmproxy as a method is: it looks hooks
+                # up with getattr() on each event.
+                setattr(self, hook, _dispatch(calls))
+
+    def load(self, loader: Any) -> None:
+        addons = loader.master.addons
+        names = [getattr(part, "name", type(part).__name__.lower()) for part in self.parts]
+        for name in names:  # all checked first: a refused suite leaves no name behind
+            if name in addons.lookup or names.count(name) > 1:
+                raise exceptions.AddonManagerError(f"An addon called '{name}' already exists.")
+        for name, part in zip(names, self.parts, strict=True):
+            if callable(getattr(part, "load", None)):
+                part.load(loader)  # type: ignore[attr-defined]
+            addons.lookup[name] = part
+            self.names.append(name)
+            loader.master.commands.collect_commands(part)
+
+    def configure(self, updated: set[str]) -> None:
+        for part in self.parts:
+            if callable(getattr(part, "configure", None)):
+                part.configure(updated)  # type: ignore[attr-defined]
+
+    def done(self) -> None:
+        for part in self.parts:
+            if callable(getattr(part, "done", None)):
+                _guarded(f"{type(part).__name__}.done", part.done)  # type: ignore[attr-defined]
+        # Unloaded (the script reloaded, say): the names go, so that the new suite can take them.
+        try:
+            lookup = ctx.master.addons.lookup
+        except AttributeError:  # no master: a bare unit test
+            lookup = {}
+        for name in self.names:
+            if lookup.get(name) in self.parts:
+                del lookup[name]
+        self.names = []
+
+
+def _guarded(where: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception:
+        logger.exception("repltap: %s failed; the other parts go on", where)
+        return None
+
+
+def _dispatch(calls: list[Call]) -> Callable[..., Any]:
+    """One hook of the Suite: each part's in turn, each under its own guard."""
+    if not any(is_async for _, _, is_async in calls):
+
+        def run(*args: Any) -> None:
+            for where, fn, _ in calls:
+                try:
+                    fn(*args)
+                except Exception:
+                    logger.exception("repltap: %s failed; the other parts go on", where)
+
+        return run
+
+    async def run_async(*args: Any) -> None:
+        for where, fn, is_async in calls:
+            try:
+                if is_async:
+                    await fn(*args)
+                else:
+                    fn(*args)
+            except Exception:
+                logger.exception("repltap: %s failed; the other parts go on", where)
+
+    return run_async

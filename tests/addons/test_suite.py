@@ -1,0 +1,118 @@
+"""The Suite: repltap's addons behind one entry of mitmproxy's chain, through a real addon
+manager (taddons), and the things the parts must keep of being addons of their own."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from mitmproxy import command, ctx, exceptions
+from mitmproxy.test import taddons, tflow
+
+from repltap.mitm.decode import Decode
+from repltap.mitm.suite import Suite
+from repltap.mitm.track import Track
+
+
+class Part:
+    def __init__(self, name: str, seen: list[str], fail: str = "") -> None:
+        self.name, self.seen, self.fail = name, seen, fail
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(f"{self.name}_opt", int, 1, "an option of a part")
+
+    def configure(self, updated: set[str]) -> None:
+        if f"{self.name}_opt" in updated:
+            if ctx.options.__getattr__(f"{self.name}_opt") < 0:
+                raise exceptions.OptionsError(f"{self.name}_opt must not be negative")
+            self.seen.append(f"{self.name}.configure")
+
+    def request(self, flow: Any) -> None:
+        self.seen.append(f"{self.name}.request")
+        if self.fail == "request":
+            raise RuntimeError("a bug in request")
+
+    async def response(self, flow: Any) -> None:
+        self.seen.append(f"{self.name}.response")
+        if self.fail == "response":
+            raise RuntimeError("a bug in response")
+
+    def done(self) -> None:
+        self.seen.append(f"{self.name}.done")
+        if self.fail == "done":
+            raise RuntimeError("a bug in done")
+
+    @command.command("part.hello")
+    def hello(self) -> str:
+        return f"hello from {self.name}"
+
+
+async def test_parts_see_each_event_in_order_and_a_failing_part_stops_no_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+    a, b = Part("a", seen, fail="request"), Part("b", seen, fail="response")
+    c = Part("c", seen, fail="done")
+    suite = Suite(a, b, c)
+    caplog.set_level(logging.ERROR)
+    with taddons.context(suite) as tctx:
+        seen.clear()
+        f = tflow.tflow(resp=True)
+        await tctx.cycle(suite, f)
+        requests = ["a.request", "b.request", "c.request"]
+        assert seen == [*requests, "a.response", "b.response", "c.response"]
+        failed = [r.getMessage() for r in caplog.records]
+        assert failed == [
+            "repltap: Part.request failed; the other parts go on",
+            "repltap: Part.response failed; the other parts go on",
+        ]
+        seen.clear()
+        tctx.master.addons.remove(suite)  # unloaded: each part's done, c's failure logged
+    assert seen == ["a.done", "b.done", "c.done"]
+    assert "repltap: Part.done failed; the other parts go on" in caplog.messages
+
+
+async def test_options_commands_and_names_of_the_parts() -> None:
+    seen: list[str] = []
+    a = Part("a", seen)
+    suite = Suite(a, Track())
+    with taddons.context(suite) as tctx:
+        assert tctx.master.addons.get("a") is a
+        assert tctx.master.addons.get("track") is suite.parts[1]
+        assert tctx.master.addons.get("repltap") is suite
+        assert tctx.master.commands.call("part.hello") == "hello from a"
+        assert tctx.master.commands.call("repl.anomalies") == "no anomalies"
+        seen.clear()
+        tctx.options.a_opt = 5
+        assert seen == ["a.configure"]
+        with pytest.raises(exceptions.OptionsError, match="a_opt must not be negative"):
+            tctx.options.a_opt = -1
+        assert tctx.options.a_opt == 5  # refused, as an addon of its own would have it
+
+        # Once the suite is removed (a script reloaded), its names are free again; a name taken
+        # already is refused, as mitmproxy refuses it for an addon of its own.
+        tctx.master.addons.remove(suite)
+        assert tctx.master.addons.get("a") is None and tctx.master.addons.get("track") is None
+        again = Part("a", [])
+        tctx.master.addons.add(Suite(again))
+        assert tctx.master.addons.get("a") is again
+        tctx.master.addons.remove(tctx.master.addons.get("repltap"))
+        tctx.master.addons.add(Part("b", []))
+        with pytest.raises(exceptions.AddonManagerError, match="'b' already exists"):
+            tctx.master.addons.add(Suite(Part("a", []), Part("b", [])))
+        assert tctx.master.addons.get("a") is None  # nothing of the refused suite stays
+
+
+async def test_the_suite_decodes_as_its_parts_do() -> None:
+    decode, track = Decode(), Track()
+    suite = Suite(decode, track)
+    with taddons.context(suite) as tctx:
+        f = tflow.tflow(resp=True)
+        f.request.method = "PUT"
+        f.request.headers["If"] = "(<rt:1>)"
+        f.response.headers["ResourceTag"] = "<rt:2>"
+        await tctx.cycle(suite, f)
+    s = f.metadata["repl"]
+    assert s["kind"] == "upload" and s["response"]["tag"] == "rt:2"
+    assert s["tag_events"] == 1  # the tracker saw it: the tag event went to the sinks
