@@ -54,11 +54,7 @@ class Log:
     def write(self, flow: http.HTTPFlow, events: list[dict[str, Any]]) -> None:
         """Log the events of one flow and mark the flow if something went wrong."""
         if self.file is not None and events:
-            self.file.write(
-                "".join(
-                    json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in events
-                )
-            )
+            self.file.write("".join(_ENCODE(e) + "\n" for e in events))
             self.file.flush()
             self.written += len(events)
         notes = []
