@@ -113,8 +113,8 @@ def large(entries: int = 100_000, rounds: int = 5) -> list[dict[str, Any]]:
     """A 50 MB manifest decoded and tracked: peak memory against the body, time against lxml.
 
     Both sides run in a fresh process each round, alternating: the memory a 50 MB job takes
-    from the system (about 100 MiB) costs page faults a warm process reusing its heap does not
-    pay, and that was a tenth of the figure when only repltap's side ran fresh."""
+    from the system (about 100 MiB) costs page faults that a warm process reusing its heap does
+    not pay. Until this was so, only repltap's side ran fresh and the figure charged it those."""
     import json
     import subprocess
     import sys

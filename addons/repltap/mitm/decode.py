@@ -6,8 +6,8 @@ the traffic: it only reads messages and writes ``flow.metadata`` and ``flow.comm
 
 When the summary is written: a manifest's as soon as its request is read (its answer can take a
 while, and the cache acts on it), every other flow's with its answer (or error). Writing the
-request's summary first and the whole one again a few milliseconds later was a fifth of what a
-plain GET cost the proxy. An addon that needs a summary before the answer asks
+request's summary first and the whole one again a few milliseconds later was about a sixth of
+repltap's own work on a plain GET. An addon that needs a summary before the answer asks
 :meth:`Decode.summary_now`, which writes the request's summary then.
 """
 

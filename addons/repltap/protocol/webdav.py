@@ -38,7 +38,7 @@ def read_condition(h: HeaderView, malformed: list[str]) -> Condition:
     if_none_match = h.get("if-none-match")
     if_schedule_tag_match = h.get("if-schedule-tag-match")
     if (raw_if, if_match, if_none_match, if_schedule_tag_match) == (None, None, None, None):
-        return _NO_CONDITION  # frozen: one instance serves every request without one
+        return _NO_CONDITION  # immutable: one instance serves every request without one
     tags: tuple[str, ...] = ()
     uids: tuple[str, ...] = ()
     lists: tuple[tuple[str, ...], ...] = ((), (), (), (), ())
