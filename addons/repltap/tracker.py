@@ -488,13 +488,22 @@ class Tracker:
 
     def _unreadable(self, s: dict[str, Any], emit: Callable[..., dict[str, Any]]) -> None:
         """One anomaly for each part of a flow that could not be read, saying why."""
+        req = s.get("request") or {}
+        resp = s.get("response") or {}
+        if not (
+            req.get("undecodable")
+            or req.get("malformed")
+            or resp.get("undecodable")
+            or resp.get("malformed")
+            or (s.get("error") and not resp)
+        ):
+            return  # the common case, every flow: nothing to say
         where = {"upstream": s.get("upstream")}
         if s["kind"] == "manifest":
             where["collection"] = s.get("collection")
         else:
             where["resource"] = s.get("target")
-        resp = s.get("response") or {}
-        for side, part in (("request", s.get("request") or {}), ("answer", resp)):
+        for side, part in (("request", req), ("answer", resp)):
             u = part.get("undecodable")
             if u:
                 self._anomaly(

@@ -12,7 +12,7 @@ from mitmproxy.test import taddons, tflow
 
 from repltap.mitm.decode import Decode
 from repltap.mitm.log import MARK_ANOMALY, MARK_CONFLICT, Log
-from repltap.mitm.track import Track
+from repltap.mitm.track import Track, _user_agent
 from tests.tracker.build import manifest_request, manifest_response
 
 INBOX = "/exchange/alice/Inbox/"
@@ -128,3 +128,20 @@ async def test_anomalies_command_says_when_it_shows_only_the_latest(tmp_path: Pa
     out = track.anomalies()
     assert out.startswith("the latest 2 of 3 anomalies (the log has all):")
     assert out.count("\n#") == 2 and "unconditional-write (3x):" in out
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [],
+        [(b"User-Agent", b"python-caldav/2.0")],
+        [(b"user-agent", b"a"), (b"Host", b"x"), (b"USER-AGENT", b"b")],
+        [(b"User-Agent", b"caf\xc3\xa9 \xff")],  # UTF-8, then a byte that is not
+        [(b"User-Agents", b"no"), (b"X-User-Agent", b"no")],
+    ],
+)
+def test_the_client_user_agent_is_read_as_the_headers_mapping_reads_it(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    headers = http.Headers(fields)
+    assert _user_agent(headers) == headers.get("user-agent")

@@ -34,9 +34,16 @@ def flow_context(flow: http.HTTPFlow) -> tuple[float, str]:
     else:
         ts = flow.request.timestamp_start
     peer = flow.client_conn.peername
-    return round(ts, 6), client_id(
-        peer[0] if peer else None, flow.request.headers.get("user-agent")
-    )
+    return round(ts, 6), client_id(peer[0] if peer else None, _user_agent(flow.request.headers))
+
+
+def _user_agent(headers: http.Headers) -> str | None:
+    """``headers.get("user-agent")``, read from the raw fields: the Headers mapping walks them
+    with a conversion per field, which cost more than the rest of this for every flow."""
+    values = [v for k, v in headers.fields if k.lower() == b"user-agent"]
+    if not values:
+        return None
+    return ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
 
 
 class Track:
