@@ -7,7 +7,10 @@ Peer: the canned Exchange-style server of tests/harness/canned.py, answering wit
 from __future__ import annotations
 
 import http.client
+import json
+import shutil
 import ssl
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -142,3 +145,47 @@ def test_mitmweb_shows_the_contentview(mitm_confdir: str) -> None:
         assert "changes: 1 new, 2 change, 2 delete" in shown["text"]
         status, shown = web.api("GET", f"/flows/{flow['id']}/request/content/{view}.json")
         assert status == 200 and "collblob sent: 'toCTAA" in shown["text"]
+
+
+def test_the_script_reloaded_in_place_goes_on_decoding_and_logging(
+    mitm_confdir: str, tmp_path: Path
+) -> None:
+    """mitmproxy reloads a script whose file changes: the old suite is unloaded and a new one
+    loaded under the same addon names (the Suite frees its parts' names when it is unloaded).
+    Peer: the canned server answering the manifest vector."""
+    copy = tmp_path / "addons"
+    shutil.copytree(Path(SCRIPT).parent, copy, ignore=shutil.ignore_patterns("*.egg-info"))
+    script = copy / "repl.py"
+    log = tmp_path / "events.jsonl"
+    with (
+        _server() as up,
+        start_mitmdump(
+            "--mode",
+            f"reverse:{up.url}",
+            "-s",
+            str(script),
+            "--set",
+            f"repl_log={log}",
+            confdir=mitm_confdir,
+        ) as m,
+    ):
+        status, _ = _send(
+            http.client.HTTPConnection("127.0.0.1", m.port, timeout=30), "/exchange/alice/Inbox/"
+        )
+        assert status == 207
+        time.sleep(1.1)  # past the file's modification time
+        script.write_text(script.read_text() + "\n# changed\n")
+        deadline = time.monotonic() + 20
+        while sum("Loading script" in line for line in m.lines) < 2:
+            assert time.monotonic() < deadline, "mitmdump did not reload the script"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        status, _ = _send(
+            http.client.HTTPConnection("127.0.0.1", m.port, timeout=30), "/exchange/alice/Inbox/"
+        )
+        assert status == 207
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    manifests = [e for e in events if e["event"] == "manifest"]
+    assert len(manifests) == 2  # one by the first suite, one by the reloaded one
+    problems = [line for line in m.lines if "Traceback" in line or "rror" in line]
+    assert problems == []
