@@ -116,3 +116,36 @@ async def test_the_suite_decodes_as_its_parts_do() -> None:
     s = f.metadata["repl"]
     assert s["kind"] == "upload" and s["response"]["tag"] == "rt:2"
     assert s["tag_events"] == 1  # the tracker saw it: the tag event went to the sinks
+
+
+class Refuses:
+    name = "refuses"
+
+    def load(self, loader: Any) -> None:
+        raise exceptions.OptionsError("this part cannot be loaded")
+
+
+async def test_a_part_that_fails_to_load_leaves_no_name_behind() -> None:
+    with taddons.context() as tctx:
+        with pytest.raises(exceptions.OptionsError):
+            tctx.master.addons.add(Suite(Part("a", []), Refuses()))
+        assert tctx.master.addons.get("a") is None  # a suite loaded again is not refused
+        again = Part("a", [])
+        tctx.master.addons.add(Suite(again))
+        assert tctx.master.addons.get("a") is again
+
+
+def test_the_suite_passes_flow_hooks_on_whatever_was_imported_first() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from repltap.mitm.suite import Suite\n"
+        "class P:\n"
+        "    def request(self, f): pass\n"
+        "    def response(self, f): pass\n"
+        "s = Suite(P())\n"
+        "print(callable(getattr(s, 'request', None)), callable(getattr(s, 'response', None)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

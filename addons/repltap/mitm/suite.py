@@ -13,7 +13,9 @@ What the parts keep of being addons of their own:
   commands and names them when it is loaded; a name taken already is refused as mitmproxy does);
 - ``configure`` in order, its errors left to mitmproxy (a refused option stays refused);
 - every other hook guarded on its own: a part that raises is logged, and the parts after it
-  still see the event, as they did as separate entries.
+  still see the event. This is a change: under ``mitmdump -s``, the parts were sub-addons of
+  mitmproxy's script loader, guarded as one, and a part that raised ended the event for the
+  parts after it (a flow then not tracked, logged or recorded).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, hooks
+
+# hooks.all_hooks fills as the modules that define hooks are imported; the HTTP ones live in the
+# proxy layers, which mitmdump has imported by the time it loads a script, but a program that
+# builds a Suite first must not get one that passes no flow hook on.
+from mitmproxy.proxy import layers, server_hooks  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +62,10 @@ class Suite:
         for name in names:  # all checked first: a refused suite leaves no name behind
             if name in addons.lookup or names.count(name) > 1:
                 raise exceptions.AddonManagerError(f"An addon called '{name}' already exists.")
-        for name, part in zip(names, self.parts, strict=True):
+        for part in self.parts:  # a part that fails to load leaves no name behind either
             if callable(getattr(part, "load", None)):
                 part.load(loader)  # type: ignore[attr-defined]
+        for name, part in zip(names, self.parts, strict=True):
             addons.lookup[name] = part
             self.names.append(name)
             loader.master.commands.collect_commands(part)
