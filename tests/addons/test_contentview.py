@@ -123,3 +123,15 @@ def test_rfc6578_answer_view() -> None:
     assert lines[header].split() == ["change", "href", "etag", "status"]
     assert lines[header + 2].split() == ["change", "e1.ics", '"1a"']
     assert lines[header + 3].split() == ["delete", "gone.ics", "-", "404"]
+
+
+def test_a_plain_replication_request_under_way_still_gets_the_view() -> None:
+    """Decode writes a plain request's summary with its answer; an intercepted or slow PUT
+    with a condition is replication traffic all the same."""
+    view = WebDAVReplicationContentview()
+    put = flow("PUT", "/c/a.EML", b"Subject: x\r\n\r\nbody\r\n", {"If": "(<rt:1>)"})
+    put.response = None
+    assert view.render_priority(put.request.content or b"", Metadata(flow=put)) == 3
+    page = flow("POST", "/form", b"a=1")  # plain web traffic, not ours
+    page.response = None
+    assert view.render_priority(page.request.content or b"", Metadata(flow=page)) == -1

@@ -178,11 +178,16 @@ async def test_append_unfinished_flows_and_errors(tmp_path: Path) -> None:
         await chain.run(search("t1"), None)  # the server is down: written with its error
         pending = search("t1")
         chain.record.request(pending)  # still under way at shutdown: written by done()
+        put = http.Request.make("PUT", "http://mail.example.com/c/a.EML", b"x", {"If": "(<rt:1>)"})
+        under_way = tflow.tflow(req=put)
+        chain.decode.request(under_way)  # a plain request: its summary waits for the answer
+        chain.record.request(under_way)
     flows = read(rec)
-    assert len(flows) == 3
+    assert len(flows) == 4
     assert flows[1].error is not None and flows[2].response is None
+    assert flows[3].metadata["repl"]["kind"] == "upload"  # written with the request's summary
     index = json.loads(index_path(rec).read_text())
-    assert index["flows"] == 3 and index["errors"] == 1
+    assert index["flows"] == 4 and index["errors"] == 1 and index["replication_flows"] == 3
 
 
 async def test_a_flow_killed_after_its_answer_is_written_once(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from mitmproxy import contentviews, http
 from .. import protocol
 from ..protocol import xml as safexml
 from ..protocol.model import Request, normalise_path
-from ..summary import summarise
+from ..summary import is_relevant, summarise
 from .decode import META_KEY
 
 _REPL_MARKERS = (b"schemas.microsoft.com/repl", b"sync-collection", b"sync-token>")
@@ -195,8 +195,16 @@ class WebDAVReplicationContentview(contentviews.Contentview):
         if not data:
             return -1
         flow = metadata.flow
-        if isinstance(flow, http.HTTPFlow) and isinstance(flow.metadata.get(META_KEY), dict):
-            return 3  # above the built-in XML (1) and JSON (1) views
+        if isinstance(flow, http.HTTPFlow):
+            if isinstance(flow.metadata.get(META_KEY), dict):
+                return 3  # above the built-in XML (1) and JSON (1) views
+            if flow.response is None and flow.error is None:
+                # Under way: a plain request's summary comes with its answer; read it now.
+                req = protocol.decode_request(
+                    flow.request.method, flow.request.path, flow.request.headers, None
+                )
+                if is_relevant(req, None):
+                    return 3
         if any(m in data for m in _REPL_MARKERS) and safexml.looks_like_xml(data):
             return 3
         return -1

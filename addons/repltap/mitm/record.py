@@ -404,8 +404,15 @@ class Record:
 
     def done(self) -> None:
         if self.writer is not None:
-            # Flows still under way at shutdown are written as they are, as -w does.
+            # Flows still under way at shutdown are written as they are, as -w does, with the
+            # request's summary (Decode puts a plain request's off until its answer).
+            try:
+                decode = ctx.master.addons.get("decode")
+            except AttributeError:  # no master: a bare unit test
+                decode = None
             for f in list(self.active.values()):
+                if decode is not None:
+                    decode.summary_now(f)
                 self._save(f)
         self._close()
 
