@@ -66,7 +66,7 @@ from ..protocol import exchange
 from ..protocol.model import normalise_path
 from ..summary import SUMMARY_KEYS
 from .cache import SYNTHETIC_KEY, from_upstream
-from .decode import META_KEY, upstream_of
+from .decode import META_KEY, summary_now, upstream_of
 
 logger = logging.getLogger(__name__)
 
@@ -1199,12 +1199,7 @@ class Faults:
 
 
 def _summary(flow: http.HTTPFlow) -> dict[str, Any]:
-    s = flow.metadata.get(META_KEY)
-    if isinstance(s, dict) and "request" in s:
-        return s
-    decode = _addon("decode")  # before the answer, Decode writes a plain request's on demand
-    s = decode.summary_now(flow) if decode is not None else None
-    return s if isinstance(s, dict) and "request" in s else {}
+    return summary_now(flow) or {}
 
 
 def _collection_key(flow: http.HTTPFlow, view: FlowView) -> str:

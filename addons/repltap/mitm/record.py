@@ -27,7 +27,7 @@ from mitmproxy import command, ctx, exceptions, http, io
 from mitmproxy import version as mitmproxy_version
 
 from .. import __version__
-from .decode import META_KEY, upstream_of
+from .decode import META_KEY, summary_now, upstream_of
 
 logger = logging.getLogger(__name__)
 
@@ -406,13 +406,8 @@ class Record:
         if self.writer is not None:
             # Flows still under way at shutdown are written as they are, as -w does, with the
             # request's summary (Decode puts a plain request's off until its answer).
-            try:
-                decode = ctx.master.addons.get("decode")
-            except AttributeError:  # no master: a bare unit test
-                decode = None
             for f in list(self.active.values()):
-                if decode is not None:
-                    decode.summary_now(f)
+                summary_now(f)
                 self._save(f)
         self._close()
 
