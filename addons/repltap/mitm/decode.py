@@ -42,18 +42,20 @@ def upstream_of(flow: http.HTTPFlow) -> str:
     return f"{flow.request.host}:{flow.request.port}"
 
 
+def raw_values(headers: http.Headers, name: bytes) -> list[bytes]:
+    """The raw values of header ``name`` (lower case). For a header or two on every flow, this
+    walk of the fields is several times faster than the Headers mapping, which converts each
+    field it passes."""
+    return [v for k, v in headers.fields if k.lower() == name]
+
+
 def _body(message: http.Message) -> tuple[bytes | None, str | None]:
     """The decoded body, or None and the reason it is not available."""
     raw = message.raw_content
     if raw is None:
         return None, "the body was streamed and not stored"
-    # Most bodies carry no Content-Encoding: a look at the raw fields answers that several
-    # times faster than the Headers mapping, and this runs for both sides of every flow.
-    for name, _ in message.headers.fields:
-        if len(name) == 16 and name.lower() == b"content-encoding":
-            break
-    else:
-        return raw, None
+    if not raw_values(message.headers, b"content-encoding"):
+        return raw, None  # most bodies: taken as they are
     try:
         return message.get_content(strict=True), None
     except ValueError as e:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from mitmproxy import command, http
 
 from ..tracker import CATALOGUE, Tracker, client_id
-from .decode import META_KEY, answered
+from .decode import META_KEY, answered, raw_values
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,8 @@ def flow_context(flow: http.HTTPFlow) -> tuple[float, str]:
 
 
 def _user_agent(headers: http.Headers) -> str | None:
-    """``headers.get("user-agent")``, read from the raw fields: the Headers mapping walks them
-    with a conversion per field, which cost more than the rest of this for every flow."""
-    values = [v for k, v in headers.fields if k.lower() == b"user-agent"]
+    """``headers.get("user-agent")``, from the raw fields (see :func:`raw_values`)."""
+    values = raw_values(headers, b"user-agent")
     if not values:
         return None
     return ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
