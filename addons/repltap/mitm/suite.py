@@ -45,13 +45,18 @@ class Suite:
     def __init__(self, *parts: object) -> None:
         self.parts = list(parts)
         self.names: list[str] = []  # what the Suite added to mitmproxy's addon names
+        self._parts_done: Callable[[], Any] = lambda: None
         for hook in hooks.all_hooks:
             calls = [
                 (f"{type(p).__name__}.{hook}", fn, inspect.iscoroutinefunction(fn))
                 for p in parts
                 if callable(fn := getattr(p, hook, None))
             ]
-            if calls and hook not in ("load", "configure", "done"):
+            if not calls or hook in ("load", "configure"):
+                continue
+            if hook == "done":
+                self._parts_done = _dispatch(calls)  # done() frees the names after them
+            else:
                 # An instance attribute is a hook to mitmproxy as a method is: it looks hooks
                 # up with getattr() on each event.
                 setattr(self, hook, _dispatch(calls))
@@ -76,9 +81,7 @@ class Suite:
                 part.configure(updated)  # type: ignore[attr-defined]
 
     def done(self) -> None:
-        for part in self.parts:
-            if callable(getattr(part, "done", None)):
-                _guarded(f"{type(part).__name__}.done", part.done)  # type: ignore[attr-defined]
+        self._parts_done()
         # Unloaded (the script reloaded, say): the names go, so that the new suite can take them.
         try:
             lookup = ctx.master.addons.lookup
@@ -88,14 +91,6 @@ class Suite:
             if lookup.get(name) in self.parts:
                 del lookup[name]
         self.names = []
-
-
-def _guarded(where: str, fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except Exception:
-        logger.exception("repltap: %s failed; the other parts go on", where)
-        return None
 
 
 def _dispatch(calls: list[Call]) -> Callable[..., Any]:
