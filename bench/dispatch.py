@@ -24,15 +24,10 @@ from mitmproxy.proxy.layers.http import (
     HttpResponseHook,
 )
 from mitmproxy.test import taddons, tflow, tutils
+from tests.harness.mitm import load_repl_script
 
-from repltap.mitm.cache import Cache
-from repltap.mitm.decode import Decode
-from repltap.mitm.faults import Faults
 from repltap.mitm.log import Log
-from repltap.mitm.record import Record
-from repltap.mitm.replay import Replay
 from repltap.mitm.suite import Suite
-from repltap.mitm.track import Track
 
 
 def _flow() -> http.HTTPFlow:
@@ -51,8 +46,10 @@ def _flow() -> http.HTTPFlow:
 
 
 def _parts() -> tuple[list[object], Log]:
-    log = Log()
-    return [Decode(), Replay(), Cache(), Faults(), Track(sinks=[log]), log, Record()], log
+    """A fresh set of the parts addons/repl.py puts in its Suite, in its order, and its log."""
+    (suite,) = load_repl_script().addons
+    log = next(p for p in suite.parts if isinstance(p, Log))
+    return list(suite.parts), log
 
 
 async def _per_flow(suite: bool, log_path: str, flows: int, rounds: int) -> float:

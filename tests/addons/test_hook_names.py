@@ -3,22 +3,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from mitmproxy import hooks
 from mitmproxy.test import taddons
 
-SCRIPT = Path(__file__).resolve().parents[2] / "addons" / "repl.py"
+from tests.harness.mitm import load_repl_script
 
 
 def _suite() -> list[object]:
-    spec = importlib.util.spec_from_file_location("repl_script_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    (suite,) = module.addons
+    (suite,) = load_repl_script().addons
     return [suite, *suite.parts]
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "MitmWeb",
     "find_exe",
     "free_port",
+    "load_repl_script",
     "raw_exchange",
     "split_response",
     "start_mitmdump",
@@ -41,6 +42,21 @@ __all__ = [
 # Anchored on the trailing "." so the "Web server listening at http://..." line never matches.
 _PROXY_RE = re.compile(r"listening at (\S+):(\d+)\.$")
 _WEB_RE = re.compile(r"Web server listening at (\S+)")
+
+
+REPL_SCRIPT = Path(__file__).resolve().parents[2] / "addons" / "repl.py"
+
+
+def load_repl_script() -> Any:
+    """addons/repl.py imported afresh, as mitmproxy loads a script: new instances of every part
+    each time. Its ``addons`` list holds the one Suite."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repl_script_under_test", REPL_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def find_exe(name: str) -> str:
