@@ -41,7 +41,7 @@ def cost(entries: int = 10_000, rounds: int = 21) -> dict[str, Any]:
     s = decode()
 
     def track() -> object:
-        return Tracker().observe(s, flow="f", ts=0.0, client="c")  # type: ignore[arg-type]
+        return Tracker().observe_compact(s, flow="f", ts=0.0, client="c")  # type: ignore[arg-type]
 
     d, t = ab(decode, track, rounds)
     return {

@@ -145,3 +145,30 @@ def test_the_client_user_agent_is_read_as_the_headers_mapping_reads_it(
 ) -> None:
     headers = http.Headers(fields)
     assert _user_agent(headers) == headers.get("user-agent")
+
+
+async def test_a_manifests_new_resources_are_logged_as_their_events_would_be(
+    tmp_path: Path,
+) -> None:
+    # New resources' tag events go to the log as rows (TagRun), not dicts: the bytes must be
+    # those of the dicts, and the flow must count them.
+    from repltap.mitm.decode import META_KEY
+    from repltap.mitm.track import flow_context
+    from repltap.tracker import Tracker, encode_event
+
+    entries = [("new", f"{INBOX}{i}.EML", f"rt:{i}", f"rid:{i}") for i in range(5)]
+    f = manifest_flow(None, "T1", [*entries, ("new", INBOX + 'ü "q".EML', 'rt:"\\', None)])
+    _track, _events = await run(tmp_path, [f])
+    s = f.metadata[META_KEY]
+    ts, client = flow_context(f)
+    want = Tracker().observe(
+        {k: v for k, v in s.items() if k not in ("events", "tag_events", "anomalies")},
+        flow=f.id,
+        ts=ts,
+        client=client,
+    )
+    assert (tmp_path / "events.jsonl").read_text(encoding="utf-8") == "".join(
+        encode_event(e) + "\n" for e in want
+    )
+    assert s["tag_events"] == 6 == sum(e["event"] == "tag" for e in want)
+    assert [e["event"] for e in s["events"]] == ["manifest", "token"]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import IO, Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 
+from ..tracker import Event, TagRun, count_events, encode_event
+
 logger = logging.getLogger(__name__)
 
-# One encoder for every line: json.dumps with any option builds a new encoder per call, which
-# shows when a 10,000-entry manifest logs 10,000 tag events.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 MARK_ANOMALY = ":warning:"
 MARK_CONFLICT = ":crossed_swords:"
@@ -51,14 +49,20 @@ class Log:
                 raise exceptions.OptionsError(f"repl_log: cannot open {path}: {e.strerror}") from e
         self.path = path
 
-    def write(self, flow: http.HTTPFlow, events: list[dict[str, Any]]) -> None:
+    def write(self, flow: http.HTTPFlow, events: list[Event]) -> None:
         """Log the events of one flow and mark the flow if something went wrong."""
         if self.file is not None and events:
-            self.file.write("".join(_ENCODE(e) + "\n" for e in events))
+            self.file.write(
+                "".join(
+                    e.json_lines() if type(e) is TagRun else encode_event(e) + "\n" for e in events
+                )
+            )
             self.file.flush()
-            self.written += len(events)
+            self.written += count_events(events)
         notes = []
         for e in events:
+            if type(e) is not dict:
+                continue  # a TagRun: new resources' tags, nothing to mark
             if e["event"] == "anomaly" and e["severity"] in ("warning", "error"):
                 notes.append(f"⚠ {e['code']}: {e['detail']}")
                 if not flow.marked:

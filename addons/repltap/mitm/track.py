@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from mitmproxy import command, http
 
-from ..tracker import CATALOGUE, Tracker, client_id
+from ..tracker import CATALOGUE, Event, TagRun, Tracker, client_id
 from .decode import META_KEY, answered, raw_values
 
 logger = logging.getLogger(__name__)
@@ -20,9 +20,10 @@ _TRACKER_EVENTS = frozenset(("manifest", "token", "tag", "conflict", "invalid_to
 
 
 class Sink(Protocol):
-    """Something that receives the events of each flow."""
+    """Something that receives the events of each flow: dicts, and TagRuns (a manifest's tag
+    events of resources new to the tracker, see repltap.tracker.TagRun) in their place."""
 
-    def write(self, flow: http.HTTPFlow, events: list[dict[str, Any]]) -> None: ...
+    def write(self, flow: http.HTTPFlow, events: list[Event]) -> None: ...
 
 
 def flow_context(flow: http.HTTPFlow) -> tuple[float, str]:
@@ -64,13 +65,21 @@ class Track:
         if not isinstance(s, dict) or "request" not in s:
             return
         ts, client = flow_context(flow)
-        events = self.tracker.observe(s, flow=flow.id, ts=ts, client=client)
+        events = self.tracker.observe_compact(s, flow=flow.id, ts=ts, client=client)
         # The flow keeps what a person looks for on it; per-entry tag events stay in the log.
-        kept = [e for e in events if e["event"] != "tag"]
+        kept: list[dict[str, Any]] = []
+        tags = 0
+        for e in events:
+            if type(e) is TagRun:
+                tags += len(e)
+            elif e["event"] == "tag":  # type: ignore[index]
+                tags += 1
+            else:
+                kept.append(e)  # type: ignore[arg-type]
         others = [e for e in s.get("events") or [] if e.get("event") not in _TRACKER_EVENTS]
         s["events"] = others + kept  # cache, fault or replay events logged for it earlier stay
-        s["tag_events"] = len(events) - len(kept)
-        s["anomalies"] = [e["code"] for e in events if e["event"] == "anomaly"]
+        s["tag_events"] = tags
+        s["anomalies"] = [e["code"] for e in kept if e["event"] == "anomaly"]
         for sink in self.sinks:
             sink.write(flow, events)
 
