@@ -7,6 +7,7 @@ from mitmproxy import exceptions, http, io
 from mitmproxy.test import taddons, tflow
 
 from repltap.mitm.decode import Decode
+from tests.harness.mitm import call_hook
 
 INITIAL = (
     b'<D:searchrequest xmlns:D="DAV:" xmlns:R="http://schemas.microsoft.com/repl/">'
@@ -132,7 +133,7 @@ async def test_a_plain_request_is_summarised_with_its_answer_a_manifest_at_once(
         assert early is put.metadata["repl"] and early["response"] is None
         assert put.comment == "upload /c/a.EML: if rt:1"
         early["fault"] = [{"rule": "kept"}]  # what another addon attached stays
-        await d.response(put)
+        await call_hook(d.response, put)
         s = put.metadata["repl"]
         assert s["response"]["status"] == 204 and s["fault"] == [{"rule": "kept"}]
         assert put.comment == "upload /c/a.EML: if rt:1 → 204 no content (done)"

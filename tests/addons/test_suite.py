@@ -3,6 +3,7 @@ manager (taddons), and the things the parts must keep of being addons of their o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -149,3 +150,57 @@ def test_the_suite_passes_flow_hooks_on_whatever_was_imported_first() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+class Waiting:
+    """A part whose hook hands back a coroutine only when it has something to wait for, as
+    repltap's Decode, Cache and Faults do."""
+
+    def __init__(self, name: str, seen: list[str], wait: bool, fail: bool = False) -> None:
+        self.name, self.seen, self.wait, self.fail = name, seen, wait, fail
+
+    def response(self, flow: Any) -> Any:
+        if not self.wait:
+            self.seen.append(f"{self.name} at once")
+            return None
+        return self._later()
+
+    async def _later(self) -> None:
+        await asyncio.sleep(0.01)  # other tasks run meanwhile; the next parts must wait
+        self.seen.append(f"{self.name} after waiting")
+        if self.fail:
+            raise RuntimeError("a bug after waiting")
+
+
+async def test_a_part_that_waits_holds_the_parts_after_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+    parts = [
+        Waiting("a", seen, wait=False),
+        Waiting("b", seen, wait=True),
+        Waiting("c", seen, wait=False),
+        Waiting("d", seen, wait=True, fail=True),
+        Waiting("e", seen, wait=True),
+        Waiting("f", seen, wait=False),
+    ]
+    suite = Suite(*parts)
+    caplog.set_level(logging.ERROR)
+    with taddons.context(suite) as tctx:
+        f = tflow.tflow(resp=True)
+        await tctx.cycle(suite, f)
+        assert seen == [
+            "a at once",
+            "b after waiting",
+            "c at once",
+            "d after waiting",
+            "e after waiting",
+            "f at once",
+        ]
+        assert caplog.messages == ["repltap: Waiting.response failed; the other parts go on"]
+        # Nobody waits: the Suite's hook waits for nothing either (no coroutine for mitmproxy).
+        for p in parts:
+            p.wait = False
+        seen.clear()
+        assert suite.response(f) is None  # type: ignore[attr-defined]
+        assert seen == [f"{p.name} at once" for p in parts]

@@ -23,6 +23,7 @@ from tests.faults.flows import (
     put,
     sync_report,
 )
+from tests.harness.mitm import call_hook
 
 
 def one(name: str, action: str, match: str = "{}", extra: str = "") -> str:
@@ -482,10 +483,10 @@ async def test_what_other_addons_put_in_the_summary_survives_a_rewrite(tmp_path:
         await lb._hook("request", f)
         f.response = answer
         await lb._hook("responseheaders", f)
-        await lb.decode.response(f)
+        await call_hook(lb.decode.response, f)
         # The cache addon sits between Decode and Faults, and records its part here.
         f.metadata["repl"]["cache"] = {"kind": "miss"}
-        await lb.faults.response(f)
+        await call_hook(lb.faults.response, f)
         assert f.metadata["repl"]["cache"] == {"kind": "miss"}
         assert f.metadata["repl"]["fault"][0]["action"] == "duplicate_entries"
         assert len(f.metadata["repl"]["response"]["entries"]) == 3

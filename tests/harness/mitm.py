@@ -11,6 +11,7 @@ Facts this relies on (see ../shared/notes/mitmproxy-12.md §0, §3.4, §5):
 from __future__ import annotations
 
 import http.client
+import inspect
 import json as _json
 import os
 import re
@@ -45,6 +46,14 @@ _WEB_RE = re.compile(r"Web server listening at (\S+)")
 
 
 REPL_SCRIPT = Path(__file__).resolve().parents[2] / "addons" / "repl.py"
+
+
+async def call_hook(hook: Any, *args: Any) -> None:
+    """Call an addon's hook as mitmproxy does: awaited when it hands back an awaitable (repltap's
+    hooks return a coroutine only when they have something to wait for)."""
+    res = hook(*args)
+    if res is not None and inspect.isawaitable(res):
+        await res
 
 
 def load_repl_script() -> Any:

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -190,8 +190,28 @@ class Cache:
             self.db = None
 
     # ---------------------------------------------------------------- hooks
+    #
+    # Each hook is a plain function that hands back a coroutine only when there is something to
+    # wait for (the database): on most flows there is not, and a coroutine made and awaited for
+    # nothing on every flow showed in the proxy's cost. The coroutines check again what the
+    # plain functions checked.
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        if self.db is None or self.mode == "observe":
+            return None
+        return self._request(flow)
+
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        if self.db is None and flow.id not in self.pending:
+            return None  # what _response does then: nothing
+        return self._response(flow)
+
+    def error(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        if flow.id not in self.pending and flow.id not in self.just_stored:
+            return None  # what _error does then: nothing
+        return self._error(flow)
+
+    async def _request(self, flow: http.HTTPFlow) -> None:
         db = self.db
         if db is None or self.mode == "observe":
             return
@@ -258,7 +278,7 @@ class Cache:
         self._miss(flow, s, rec, f"the upstream cannot be reached ({down}) and {why}", status=503)
         self._comment(flow, f"{COMMENT_MARK} cache miss (offline): {why}; answered 503")
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    async def _response(self, flow: http.HTTPFlow) -> None:
         db = self.db
         rec = self.pending.get(flow.id)
         s = flow.metadata.get(META_KEY)
@@ -293,7 +313,7 @@ class Cache:
             await db.run(db.store.record_write, s, now=time.time(), flow=flow.id)
         self.pending.pop(flow.id, None)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
+    async def _error(self, flow: http.HTTPFlow) -> None:
         rec = self.pending.pop(flow.id, None) or self.just_stored.pop(flow.id, None)
         db = self.db
         if rec is None or db is None:

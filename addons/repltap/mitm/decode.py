@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -227,17 +228,20 @@ class Decode:
         stored: dict[str, Any] = flow.metadata[META_KEY]
         return stored
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         req = self._request_of(flow)
         if req is None or flow.response is None:
-            return
+            return None
         raw = flow.response.raw_content
         if raw is None or len(raw) <= THREAD_ABOVE:
-            self._answer(flow, req)
-            return
+            self._answer(flow, req)  # at once: no coroutine to make and await for most flows
+            return None
         # A large answer is decoded on the worker thread: lxml parses without the GIL, so the
         # proxy goes on with other flows meanwhile. This flow's later addons (tracking, the
         # log) wait for it, as mitmproxy runs one flow's hooks in order.
+        return self._answer_on_thread(flow, req)
+
+    async def _answer_on_thread(self, flow: http.HTTPFlow, req: Request) -> None:
         call = _ResponseCall(flow, req, self.max_bytes, self.hints)
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repltap-decode")

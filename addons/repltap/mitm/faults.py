@@ -43,7 +43,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -288,32 +288,44 @@ class Faults:
         if isinstance(recorded, list) and recorded:
             self.records[flow.id] = [dict(r) for r in recorded if isinstance(r, dict)]
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    # The hooks below are plain functions that hand back a coroutine only when a scenario may
+    # act on the flow: without one (most proxies), no coroutine is made and awaited per flow.
+
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.scenario is None or not (self.by_phase[REQUEST] or self.splits or self.gone):
-            return
+            return None
         if flow.response or flow.error or not flow.live:
-            return  # answered or killed by someone else, or read from a file
+            return None  # answered or killed by someone else, or read from a file
+        return self._request(flow)
+
+    async def _request(self, flow: http.HTTPFlow) -> None:
         view = self._view(flow, REQUEST)
         await self._run(flow, REQUEST, view)
         if (self.splits or self.gone) and not (flow.response or flow.error or not flow.live):
             self._continue_split(flow, view)
         self._attach(flow)
 
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.scenario is None or not self.by_phase[RESPONSEHEADERS]:
-            return
+            return None
         if flow.response is None or flow.error or not flow.live or flow.id in self.ended:
-            return
+            return None
+        return self._responseheaders(flow)
+
+    async def _responseheaders(self, flow: http.HTTPFlow) -> None:
         await self._run(flow, RESPONSEHEADERS, self._view(flow, RESPONSEHEADERS))
         self._attach(flow)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.scenario is None:
             if flow.id in self.records:  # read from a recording
                 self._finish(flow)
             else:
                 self._forget(flow)  # in case the scenario went while the flow was under way
-            return
+            return None
+        return self._response(flow)
+
+    async def _response(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.cutters:
             self._finish_truncation(flow)
         elif (

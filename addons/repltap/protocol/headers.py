@@ -295,6 +295,11 @@ class HeaderView:
         """The value of header ``name`` (any case), or None."""
         return self._items.get(name.lower())
 
+    def lowered(self, *names: str) -> tuple[str | None, ...]:
+        """The values of headers ``names``, given in lower case (not lowered again), or None."""
+        get = self._items.get
+        return tuple([get(n) for n in names])
+
 
 def _text(v: object) -> str:
     if isinstance(v, bytes):

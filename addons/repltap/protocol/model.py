@@ -178,7 +178,7 @@ def entry(
     return {"type": type, "href": href, "tag": tag, "uid": uid}
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """A decoded request."""
 
@@ -259,7 +259,7 @@ class Request:
         return d
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     """A decoded response, read in the light of its request."""
 
