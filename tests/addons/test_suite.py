@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from mitmproxy import command, ctx, exceptions
+from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.test import taddons, tflow
 
 from repltap.mitm.decode import Decode
-from repltap.mitm.suite import Suite
+from repltap.mitm.suite import Suite, may_wait
 from repltap.mitm.track import Track
 
 
@@ -159,6 +160,7 @@ class Waiting:
     def __init__(self, name: str, seen: list[str], wait: bool, fail: bool = False) -> None:
         self.name, self.seen, self.wait, self.fail = name, seen, wait, fail
 
+    @may_wait
     def response(self, flow: Any) -> Any:
         if not self.wait:
             self.seen.append(f"{self.name} at once")
@@ -204,3 +206,8 @@ async def test_a_part_that_waits_holds_the_parts_after_it(
         seen.clear()
         assert suite.response(f) is None  # type: ignore[attr-defined]
         assert seen == [f"{p.name} at once" for p in parts]
+        # Where mitmproxy cannot wait (a flow event sent synchronously, as script.run does), it
+        # refuses the hook loudly, as it refuses any async hook, rather than call it and drop
+        # the parts after a waiting one.
+        with pytest.raises(exceptions.AddonManagerError, match="cannot be called from sync"):
+            tctx.master.addons.invoke_addon_sync(suite, HttpResponseHook(f))

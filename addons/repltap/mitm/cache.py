@@ -40,6 +40,7 @@ from ..cachestore import (
 )
 from ..protocol.model import normalise_path
 from .decode import META_KEY
+from .suite import may_wait
 
 logger = logging.getLogger(__name__)
 
@@ -196,16 +197,23 @@ class Cache:
     # nothing on every flow showed in the proxy's cost. The coroutines check again what the
     # plain functions checked.
 
+    @may_wait
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.db is None or self.mode == "observe":
             return None
+        if flow.response or flow.error or not flow.live:
+            return None
+        if not is_manifest_request(flow.metadata.get(META_KEY)):
+            return None  # only manifests are looked up
         return self._request(flow)
 
+    @may_wait
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.db is None and flow.id not in self.pending:
             return None  # what _response does then: nothing
         return self._response(flow)
 
+    @may_wait
     def error(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.id not in self.pending and flow.id not in self.just_stored:
             return None  # what _error does then: nothing

@@ -26,6 +26,7 @@ from ..protocol.headers import HeaderView
 from ..protocol.model import Request, Response
 from ..protocol.xml import DEFAULT_MAX_BYTES
 from ..summary import SUMMARY_KEYS, is_relevant, summarise
+from .suite import may_wait
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ class Decode:
         stored: dict[str, Any] = flow.metadata[META_KEY]
         return stored
 
+    @may_wait
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         req = self._request_of(flow)
         if req is None or flow.response is None:

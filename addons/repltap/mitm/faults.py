@@ -67,6 +67,7 @@ from ..protocol.model import normalise_path
 from ..summary import SUMMARY_KEYS
 from .cache import SYNTHETIC_KEY, from_upstream
 from .decode import META_KEY, summary_now, upstream_of
+from .suite import may_wait
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,7 @@ class Faults:
     # The hooks below are plain functions that hand back a coroutine only when a scenario may
     # act on the flow: without one (most proxies), no coroutine is made and awaited per flow.
 
+    @may_wait
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.scenario is None or not (self.by_phase[REQUEST] or self.splits or self.gone):
             return None
@@ -305,6 +307,7 @@ class Faults:
             self._continue_split(flow, view)
         self._attach(flow)
 
+    @may_wait
     def responseheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.scenario is None or not self.by_phase[RESPONSEHEADERS]:
             return None
@@ -316,6 +319,7 @@ class Faults:
         await self._run(flow, RESPONSEHEADERS, self._view(flow, RESPONSEHEADERS))
         self._attach(flow)
 
+    @may_wait
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if self.scenario is None:
             if flow.id in self.records:  # read from a recording

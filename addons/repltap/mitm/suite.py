@@ -34,7 +34,14 @@ from mitmproxy.proxy import layers, server_hooks  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-Call = tuple[str, Callable[..., Any], bool]  # "Part.hook", the bound hook, whether it is async
+Call = tuple[str, Callable[..., Any], bool]  # "Part.hook", the bound hook, whether it may wait
+
+
+def may_wait[F: Callable[..., Any]](hook: F) -> F:
+    """Mark a part's hook that is a plain function but may hand back a coroutine (when it has
+    something to wait for): to mitmproxy and the Suite it is then a coroutine function, which
+    mitmproxy awaits the result of, if any, and never calls where it cannot wait."""
+    return inspect.markcoroutinefunction(hook)
 
 
 class Suite:
@@ -96,17 +103,18 @@ class Suite:
 def _dispatch(calls: list[Call]) -> Callable[..., Any]:
     """One hook of the Suite: each part's in turn, each under its own guard.
 
-    A plain function, not a coroutine function: most events need no waiting, and a coroutine
-    made and awaited for each part and event (three events a flow have async parts) was a
-    measurable part of repltap's cost on a plain GET. A part's hook may return an awaitable
-    (an ``async def`` hook, or a plain one that hands back a coroutine only when it has
-    something to wait for): the Suite then returns a coroutine that awaits it and calls the
-    parts after it, which mitmproxy awaits in turn. The parts run in order either way.
+    It makes no coroutine unless a part hands one back: most events need no waiting, and a
+    coroutine made and awaited for each part and event (three events a flow have async parts)
+    was a measurable part of repltap's cost on a plain GET. A part's hook may be an ``async
+    def``, or a plain function marked with :func:`may_wait` that hands back a coroutine only
+    when it has something to wait for; the Suite then returns a coroutine that awaits it and
+    calls the parts after it, which mitmproxy awaits in turn. The parts run in order either
+    way.
     """
-    hooks = [(where, fn) for where, fn, _ in calls]
+    parts = [(where, fn) for where, fn, _ in calls]
 
     def run(*args: Any) -> Any:
-        for i, (where, fn) in enumerate(hooks):
+        for i, (where, fn) in enumerate(parts):
             try:
                 res = fn(*args)
             except Exception:
@@ -123,8 +131,8 @@ def _dispatch(calls: list[Call]) -> Callable[..., Any]:
             except Exception:
                 logger.exception("repltap: %s failed; the other parts go on", where)
             pending = None
-            for i in range(start, len(hooks)):
-                where, fn = hooks[i]
+            for i in range(start, len(parts)):
+                where, fn = parts[i]
                 try:
                     res = fn(*args)
                 except Exception:
@@ -136,4 +144,10 @@ def _dispatch(calls: list[Call]) -> Callable[..., Any]:
             if pending is None:
                 return
 
+    if any(may_wait for _, _, may_wait in calls):
+        # Said to be a coroutine function, as the parts' hooks it calls are: mitmproxy awaits
+        # what it returns, if anything, and refuses to call it where it cannot wait (a flow
+        # event sent synchronously, as ``script.run`` does), loudly, instead of the parts after
+        # a waiting one silently never seeing the event.
+        inspect.markcoroutinefunction(run)
     return run
