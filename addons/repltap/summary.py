@@ -74,6 +74,13 @@ def summarise(
     return d
 
 
+_CONDITION_HEADERS = (
+    ("if_match", "If-Match"),
+    ("if_none_match", "If-None-Match"),
+    ("if_schedule_tag_match", "If-Schedule-Tag-Match"),
+)
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}"
 
@@ -116,21 +123,18 @@ def one_line(s: dict[str, Any]) -> str:
             total = f" of {cr['total']}" if cr["total"] is not None else ""
             parts.append(f"rows {span}{total}")
     else:
-        cond = req.get("condition") or {}
-        bits = [short_token(t, 8) for t in (*cond.get("tags", []), *cond.get("uids", []))]
-        bits += [
-            f"Not {short_token(t, 8)}"
-            for t in (*cond.get("not_tags", []), *cond.get("not_uids", []))
-        ]
-        for key, header in (
-            ("if_match", "If-Match"),
-            ("if_none_match", "If-None-Match"),
-            ("if_schedule_tag_match", "If-Schedule-Tag-Match"),
-        ):
-            if cond.get(key):
-                bits.append(f"{header} {short_token(cond[key], 8)}")
-        if bits:
-            parts.append("if " + " ".join(bits))
+        cond = req.get("condition")
+        if cond:  # absent when the request names no condition
+            bits = [short_token(t, 8) for t in (*cond.get("tags", ()), *cond.get("uids", ()))]
+            bits += [
+                f"Not {short_token(t, 8)}"
+                for t in (*cond.get("not_tags", ()), *cond.get("not_uids", ()))
+            ]
+            for key, header in _CONDITION_HEADERS:
+                if cond.get(key):
+                    bits.append(f"{header} {short_token(cond[key], 8)}")
+            if bits:
+                parts.append("if " + " ".join(bits))
         if resp is not None:
             answer = f"{resp['status']} {resp['meaning']}"
             if resp.get("tag"):

@@ -297,19 +297,19 @@ def decode_request(
     m = method.upper()
     h = HeaderView.of(headers)
     rule = METHODS.get(m)
+    depth, destination, overwrite, rng = h.lowered("depth", "destination", "overwrite", "range")
     req = Request(
         protocol="exchange",
         kind=rule.kind if rule else "other",
         method=m,
         target=normalise_path(target),
-        depth=h.get("depth"),
-        destination=h.get("destination"),
-        overwrite=h.get("overwrite"),
+        depth=depth,
+        destination=destination,
+        overwrite=overwrite,
     )
     req.condition = read_condition(h, req.malformed)
     if m == "POST" and req.condition.raw_if is not None:
         req.notes.append("If is ignored on POST by Exchange (spec §9.3)")
-    rng = h.get("range")
     if rng is not None and rng.strip().lower().startswith("rows"):
         try:
             req.range = parse_range_rows(rng)
@@ -385,14 +385,14 @@ def decode_response(
 ) -> Response:
     """Decode the answer to ``req``. Never raises on bad input."""
     h = HeaderView.of(headers)
-    resp = Response(status=status, meaning=status_meaning(req.method, status, req.manifest))
-    for name, attr in (("resourcetag", "tag"), ("repl-uid", "uid")):
-        v = h.get(name)
-        if v is not None:
-            setattr(resp, attr, strip_coded_url(v) or None)
-    resp.location = h.get("location")
-    resp.accept_ranges = h.get("accept-ranges")
-    cr = h.get("content-range")
+    resp = Response(status, status_meaning(req.method, status, req.manifest))
+    tag, uid, resp.location, resp.accept_ranges, cr = h.lowered(
+        "resourcetag", "repl-uid", "location", "accept-ranges", "content-range"
+    )
+    if tag is not None:
+        resp.tag = strip_coded_url(tag) or None
+    if uid is not None:
+        resp.uid = strip_coded_url(uid) or None
     if cr is not None and cr.strip().lower().startswith("rows"):
         try:
             resp.content_range = parse_content_range_rows(cr)

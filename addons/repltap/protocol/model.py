@@ -145,13 +145,27 @@ class Condition(NamedTuple):
         )
 
     def to_dict(self) -> dict[str, Any]:
+        # Written out (once per request): the headers first, then the token lists.
+        raw_if, tags, uids, not_tags, not_uids, etags, if_match, if_none_match, if_stm = self
         d: dict[str, Any] = {}
-        for k in ("raw_if", "if_match", "if_none_match", "if_schedule_tag_match"):
-            if getattr(self, k) is not None:
-                d[k] = getattr(self, k)
-        for k in ("tags", "uids", "not_tags", "not_uids", "etags"):
-            if getattr(self, k):
-                d[k] = list(getattr(self, k))
+        if raw_if is not None:
+            d["raw_if"] = raw_if
+        if if_match is not None:
+            d["if_match"] = if_match
+        if if_none_match is not None:
+            d["if_none_match"] = if_none_match
+        if if_stm is not None:
+            d["if_schedule_tag_match"] = if_stm
+        if tags:
+            d["tags"] = list(tags)
+        if uids:
+            d["uids"] = list(uids)
+        if not_tags:
+            d["not_tags"] = list(not_tags)
+        if not_uids:
+            d["not_uids"] = list(not_uids)
+        if etags:
+            d["etags"] = list(etags)
         return d
 
 
@@ -315,9 +329,16 @@ class Response:
         if self.content_range is not None:
             cr = self.content_range
             d["content_range"] = {"first": cr.first, "last": cr.last, "total": cr.total}
-        for k in ("accept_ranges", "tag", "uid", "location", "ctag"):
-            if getattr(self, k) is not None:
-                d[k] = getattr(self, k)
+        if self.accept_ranges is not None:
+            d["accept_ranges"] = self.accept_ranges
+        if self.tag is not None:
+            d["tag"] = self.tag
+        if self.uid is not None:
+            d["uid"] = self.uid
+        if self.location is not None:
+            d["location"] = self.location
+        if self.ctag is not None:
+            d["ctag"] = self.ctag
         if self.nonstandard_ns:
             d["nonstandard_ns"] = list(self.nonstandard_ns)
         if self.notes:
