@@ -113,36 +113,32 @@ def _dispatch(calls: list[Call]) -> Callable[..., Any]:
     """
     parts = [(where, fn) for where, fn, _ in calls]
 
-    def run(*args: Any) -> Any:
-        for i, (where, fn) in enumerate(parts):
+    def call_from(start: int, args: tuple[Any, ...]) -> tuple[int, Any] | None:
+        """Call the parts from ``start`` on, each guarded, up to the first that hands back an
+        awaitable: (its index, the awaitable), or None when all were called."""
+        for i in range(start, len(parts)):
+            where, fn = parts[i]
             try:
                 res = fn(*args)
             except Exception:
                 logger.exception("repltap: %s failed; the other parts go on", where)
                 continue
             if res is not None and inspect.isawaitable(res):
-                return _rest(res, where, i + 1, args)
+                return i, res
         return None
 
-    async def _rest(pending: Any, where: str, start: int, args: tuple[Any, ...]) -> None:
-        while True:
+    def run(*args: Any) -> Any:
+        waiting = call_from(0, args)
+        return None if waiting is None else _rest(waiting, args)
+
+    async def _rest(waiting: tuple[int, Any] | None, args: tuple[Any, ...]) -> None:
+        while waiting is not None:
+            i, pending = waiting
             try:
                 await pending
             except Exception:
-                logger.exception("repltap: %s failed; the other parts go on", where)
-            pending = None
-            for i in range(start, len(parts)):
-                where, fn = parts[i]
-                try:
-                    res = fn(*args)
-                except Exception:
-                    logger.exception("repltap: %s failed; the other parts go on", where)
-                    continue
-                if res is not None and inspect.isawaitable(res):
-                    pending, start = res, i + 1
-                    break
-            if pending is None:
-                return
+                logger.exception("repltap: %s failed; the other parts go on", parts[i][0])
+            waiting = call_from(i + 1, args)
 
     if any(may_wait for _, _, may_wait in calls):
         # Said to be a coroutine function, as the parts' hooks it calls are: mitmproxy awaits
