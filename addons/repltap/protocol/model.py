@@ -329,16 +329,9 @@ class Response:
         if self.content_range is not None:
             cr = self.content_range
             d["content_range"] = {"first": cr.first, "last": cr.last, "total": cr.total}
-        if self.accept_ranges is not None:
-            d["accept_ranges"] = self.accept_ranges
-        if self.tag is not None:
-            d["tag"] = self.tag
-        if self.uid is not None:
-            d["uid"] = self.uid
-        if self.location is not None:
-            d["location"] = self.location
-        if self.ctag is not None:
-            d["ctag"] = self.ctag
+        for k in ("accept_ranges", "tag", "uid", "location", "ctag"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         if self.nonstandard_ns:
             d["nonstandard_ns"] = list(self.nonstandard_ns)
         if self.notes:
