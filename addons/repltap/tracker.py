@@ -383,7 +383,6 @@ class TagRun:
     """
 
     __slots__ = ("flow", "protocol", "rows", "status", "ts", "upstream")
-    event = "tag"
 
     def __init__(self, ts: float, flow: str, protocol: str, upstream: str, status: int) -> None:
         self.ts, self.flow, self.protocol = ts, flow, protocol
