@@ -194,18 +194,20 @@ class Cache:
     #
     # Each hook is a plain function that hands back a coroutine only when there is something to
     # wait for (the database): on most flows there is not, and a coroutine made and awaited for
-    # nothing on every flow showed in the proxy's cost. The coroutines check again what the
-    # plain functions checked.
+    # nothing on every flow showed in the proxy's cost. _request takes what its gate found;
+    # _response and _error look again at the state their gates only glanced at.
 
     @may_wait
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        if self.db is None or self.mode == "observe":
+        db = self.db
+        if db is None or self.mode == "observe":
             return None
         if flow.response or flow.error or not flow.live:
             return None
-        if not is_manifest_request(flow.metadata.get(META_KEY)):
+        s = flow.metadata.get(META_KEY)
+        if not is_manifest_request(s):
             return None  # only manifests are looked up
-        return self._request(flow)
+        return self._request(flow, s, db)
 
     @may_wait
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -219,15 +221,7 @@ class Cache:
             return None  # what _error does then: nothing
         return self._error(flow)
 
-    async def _request(self, flow: http.HTTPFlow) -> None:
-        db = self.db
-        if db is None or self.mode == "observe":
-            return
-        if flow.response or flow.error or not flow.live:
-            return
-        s = flow.metadata.get(META_KEY)
-        if not is_manifest_request(s):
-            return
+    async def _request(self, flow: http.HTTPFlow, s: dict[str, Any], db: _Db) -> None:
         ident = self._identity(flow, s, db)
         key = key_of(ident)
         rec = self._record(flow, key)
