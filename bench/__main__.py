@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import cache, cache_scale, decode, dispatch, proxy, tracker
+from . import cache, cache_scale, decode, dispatch, instructions, proxy, tracker
 
 
 def machine() -> dict[str, Any]:
@@ -33,6 +33,7 @@ def main() -> int:
         dispatch.run(),
         proxy.run("sync", repeats=5),  # the target: more rounds, as the machine moves ±0.04
         proxy.run("manifests"),
+        instructions.run(),  # noise-free: what the throughput ratio's gap is made of
     ]
     print(f"{'benchmark':<34} {'baseline':>12} {'repltap':>12} {'ratio':>7}  target  ok")
     for r in results:
@@ -40,10 +41,14 @@ def main() -> int:
             figures = f"{r['baseline']:>12} {r['value']:>12}"
         else:
             figures = f"{r['baseline_s'] * 1000:>10.1f}ms {r['repltap_s'] * 1000:>10.1f}ms"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         print(
-            f"{r['name']:<34} {figures} {r['ratio']:>7.2f}  {r['target']:<7} "
-            f"{'yes' if r['ok'] else 'NO'}"
+            f"{r['name']:<34} {figures} {ratio:>7}  {r['target']:<7} {'yes' if r['ok'] else 'NO'}"
         )
+    for r in results:
+        pairs = r.get("detail", {}).get("paired_ratios")
+        if pairs:
+            print(f"{r['name']}: round by round {', '.join(f'{x:.2f}' for x in pairs)}")
     out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
     print(f"\nmachine: {machine()}\nwritten: {out}")

@@ -168,6 +168,11 @@ def run(workload: str = "sync", repeats: int = 3) -> dict[str, Any]:
             "bare": {k: med(bare, k) for k in keys},
             "repltap": {k: med(ours, k) for k in keys},
             "cpu_ratio": med(ours, "cpu_ms_per_request") / med(bare, "cpu_ms_per_request"),
+            # Each round's repltap run against the bare run just before it: how far one pair
+            # moves on this machine (the target is read from the medians above).
+            "paired_ratios": [
+                round(o["rps"] / b["rps"], 3) for b, o in zip(bare, ours, strict=True)
+            ],
             "median_added_ms": added,
             "target_median_added_ms": "<= 1.0",
         },

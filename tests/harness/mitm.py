@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -214,13 +215,16 @@ def start_mitmdump(
     confdir: str | os.PathLike[str],
     timeout: float = 20,
     exe: str = "mitmdump",
+    wrapper: Sequence[str] = (),
 ) -> MitmProc:
     """Start mitmdump on 127.0.0.1 with a free port; returns once its (first) proxy listens.
 
-    With several `--mode` flags only the first "listening at" port is taken.
-    Raises RuntimeError with the full output if it exits early or times out.
+    With several `--mode` flags only the first "listening at" port is taken. ``wrapper`` runs
+    it under another program (``valgrind ...``). Raises RuntimeError with the full output if it
+    exits early or times out.
     """
     cmd = [
+        *wrapper,
         _resolve(exe),
         "--listen-host",
         "127.0.0.1",
