@@ -46,7 +46,10 @@ def main() -> int:
             f"{r['name']:<34} {figures} {ratio:>7}  {r['target']:<7} {'yes' if r['ok'] else 'NO'}"
         )
     for r in results:
-        pairs = r.get("detail", {}).get("paired_ratios")
+        detail = r.get("detail", {})
+        if "skipped" in detail:
+            print(f"{r['name']}: not measured: {detail['skipped']}")
+        pairs = detail.get("paired_ratios")
         if pairs:
             print(f"{r['name']}: round by round {', '.join(f'{x:.2f}' for x in pairs)}")
     out = Path(__file__).with_name("results.json")
