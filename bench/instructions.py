@@ -9,8 +9,8 @@ request, without start-up and shutdown. Three sides: bare mitmdump, mitmdump wit
 loads no addon (what mitmproxy itself spends on any ``-s`` script), and repltap with its log.
 
 Informational (no target): the throughput ratio is the target; this says how much of its gap
-is work that repltap's code adds, and it stays put between runs. Needs valgrind (Debian's
-``valgrind``); without it the figure is reported as not measured, not as passed.
+is work that repltap's code adds, and two runs agree within half a percent. Needs valgrind
+(Debian's ``valgrind``); without it the row says "not measured" and why, and has no figure.
 """
 
 from __future__ import annotations
