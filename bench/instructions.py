@@ -22,9 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.harness.mitm import start_mitmdump
-
-from .proxy import GET, PUT, SCRIPT, _client, _upstream
+from .proxy import GET, PUT, SCRIPT, _client, _upstream, start_proxy
 
 _SUMMARY = re.compile(r"^summary:\s+(\d+)", re.MULTILINE)
 
@@ -33,13 +31,10 @@ def _instructions(args: list[str], requests: int, tmp: Path, out: Path) -> int:
     """Instructions mitmdump executes from start to exit, serving ``requests`` requests."""
     plan = ([GET] * 7 + [PUT] * 3) * (requests // 10)
     with _upstream() as up:
-        m = start_mitmdump(
-            "--mode",
-            f"reverse:{up.url}",
-            "--flow-detail",
-            "0",
-            *args,
-            confdir=tmp / "conf",
+        m = start_proxy(
+            up,
+            args,
+            tmp / "conf",
             timeout=600,  # start-up under valgrind: about a minute
             wrapper=[
                 "valgrind",

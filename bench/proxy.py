@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.canned import CannedServer, RawResponse
-from tests.harness.mitm import start_mitmdump
+from tests.harness.mitm import MitmProc, start_mitmdump
 
 from .gen import MANIFEST_REQUEST, manifest
 
@@ -90,11 +90,17 @@ def _client(port: int, plan: list[Step], out: list[float]) -> None:
     conn.close()
 
 
+def start_proxy(up: CannedServer, args: list[str], confdir: str | Path, **kw: Any) -> MitmProc:
+    """mitmdump in front of the canned upstream, printing nothing a flow (``kw``: see
+    start_mitmdump)."""
+    return start_mitmdump(
+        "--mode", f"reverse:{up.url}", "--flow-detail", "0", *args, confdir=confdir, **kw
+    )
+
+
 def _run(args: list[str], confdir: str, plan: list[Step]) -> dict[str, float]:
     with _upstream() as up:
-        m = start_mitmdump(
-            "--mode", f"reverse:{up.url}", "--flow-detail", "0", *args, confdir=confdir
-        )
+        m = start_proxy(up, args, confdir)
         try:
             lat: list[float] = []
             per: list[list[float]] = [[], []]
