@@ -34,11 +34,10 @@ _NONE4 = (None, None, None, None)
 
 
 def read_condition(h: HeaderView, malformed: list[str]) -> Condition:
-    raw_if, if_match, if_none_match, if_schedule_tag_match = h.lowered(
-        "if", "if-match", "if-none-match", "if-schedule-tag-match"
-    )
-    if (raw_if, if_match, if_none_match, if_schedule_tag_match) == _NONE4:
+    values = h.lowered("if", "if-match", "if-none-match", "if-schedule-tag-match")
+    if values == _NONE4:
         return _NO_CONDITION  # immutable: one instance serves every request without one
+    raw_if, if_match, if_none_match, if_schedule_tag_match = values
     tags: tuple[str, ...] = ()
     uids: tuple[str, ...] = ()
     lists: tuple[tuple[str, ...], ...] = ((), (), (), (), ())
