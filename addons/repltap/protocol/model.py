@@ -49,10 +49,14 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 # first "/" from index 8 on. Every repetition starts with a "%", which no class takes, so there is
 # one way to match, and the quantifiers are possessive: an href that fails near its end fails at
 # once, with no backtracking (``(?:[…]+|%..)*`` would blow up on a long one).
+# An escaped "/" (%2F) is never decoded: inside a segment it is data, and "/a%2Fb" and "/a/b" are
+# two resources (RFC 3986 §2.2). Every other character that needs no escape in a path is decoded,
+# so that a client's request line and a server's href name one resource however each escapes it.
+_DECODED_CHARS = _PATH_SAFE_CHARS - {"/"}
 _NORMAL_ESCAPES = "|".join(
     f"{hi:X}[{los}]"
     for hi in range(16)
-    if (los := "".join(f"{lo:X}" for lo in range(16) if chr(hi * 16 + lo) not in _PATH_SAFE_CHARS))
+    if (los := "".join(f"{lo:X}" for lo in range(16) if chr(hi * 16 + lo) not in _DECODED_CHARS))
 )
 _CLEAN_RUN = r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*+"
 _FAST_PATH = re.compile(
@@ -62,16 +66,29 @@ _FAST_PATH = re.compile(
 _fast_path = _FAST_PATH.fullmatch
 
 
+_ESCAPED_SLASH = re.compile(r"%2[Ff]")
+
+
 def _normal_escape(m: re.Match[str]) -> str:
     ch = chr(int(m[1], 16))
-    return ch if ch in _PATH_SAFE_CHARS else "%" + m[1].upper()
+    return ch if ch in _DECODED_CHARS else "%" + m[1].upper()
+
+
+def _requote(p: str) -> str:
+    """Decode and encode again, keeping each %2F (surrogateescape: mitmproxy hands over a path
+    that is not UTF-8 with its bytes escaped)."""
+    return "%2F".join(
+        quote(unquote(part, errors="surrogateescape"), safe=_PATH_SAFE, errors="surrogateescape")
+        for part in _ESCAPED_SLASH.split(p)
+    )
 
 
 def normalise_path(path_or_url: str) -> str:
     """The path of a URL or path, percent-encoding normalised, trailing slash kept as sent.
 
     Escapes of characters that need none are decoded and the others written in upper case, so
-    ``/a%20b``, ``/a%20%62`` and ``/a b`` are one path. Called once per manifest entry, hence the
+    ``/a%20b``, ``/a%20%62`` and ``/a b`` are one path; ``%2F`` stays, as ``/a%2Fb`` is not
+    ``/a/b``. Called once per manifest entry, hence the
     fast paths for absolute http(s) URLs and for paths that are already clean.
     """
     m = _fast_path(path_or_url)
@@ -92,8 +109,7 @@ def normalise_path(path_or_url: str) -> str:
             return p
         if not _BAD_ESCAPE.search(p):
             return _ESCAPE.sub(_normal_escape, p)
-    # surrogateescape: mitmproxy hands over a path that is not UTF-8 with its bytes escaped
-    return quote(unquote(p, errors="surrogateescape"), safe=_PATH_SAFE, errors="surrogateescape")
+    return _requote(p)
 
 
 def short_token(token: str | None, keep: int = 6) -> str:
