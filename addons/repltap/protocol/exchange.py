@@ -34,6 +34,7 @@ from lxml import etree
 
 from . import xml as safexml
 from .headers import (
+    OWS,
     HeaderSyntaxError,
     HeaderView,
     parse_content_range_rows,
@@ -43,6 +44,8 @@ from .headers import (
 from .model import Entry, Request, Response, Scope, normalise_path
 from .webdav import parse_status_line as parse_status_line  # re-exported: older callers
 from .webdav import read_condition, read_token
+
+_WS = safexml.XML_SPACE  # what element text is trimmed of (never str.strip()'s Unicode blanks)
 
 REPL_NS = "http://schemas.microsoft.com/repl/"
 NONCANONICAL_REPL_NS = (
@@ -242,7 +245,7 @@ def _text(el: etree._Element) -> str | None:
     t = el.text
     if t is None:
         return None
-    t = t.strip()
+    t = t.strip(_WS)
     return t or None
 
 
@@ -310,7 +313,7 @@ def decode_request(
     req.condition = read_condition(h, req.malformed)
     if m == "POST" and req.condition.raw_if is not None:
         req.notes.append("If is ignored on POST by Exchange (spec §9.3)")
-    if rng is not None and rng.strip().lower().startswith("rows"):
+    if rng is not None and rng.strip(OWS).lower().startswith("rows"):
         try:
             req.range = parse_range_rows(rng)
         except HeaderSyntaxError as e:
@@ -393,7 +396,7 @@ def decode_response(
         resp.tag = strip_coded_url(tag) or None
     if uid is not None:
         resp.uid = strip_coded_url(uid) or None
-    if cr is not None and cr.strip().lower().startswith("rows"):
+    if cr is not None and cr.strip(OWS).lower().startswith("rows"):
         try:
             resp.content_range = parse_content_range_rows(cr)
         except HeaderSyntaxError as e:
@@ -414,8 +417,8 @@ def _ascii_number(text: str, digits: int) -> bool:
 
 def _declared_length(h: HeaderView) -> int | None:
     v = h.get("content-length")
-    if v is not None and _ascii_number(v.strip(), 18):
-        return int(v.strip())
+    if v is not None and _ascii_number(v.strip(OWS), 18):
+        return int(v.strip(OWS))
     return None
 
 
@@ -427,7 +430,7 @@ def _close_entry(cur: Entry | None) -> None:
 
 
 def _set_changetype(cur: Entry, text: str | None, notes: list[str]) -> None:
-    raw = (text or "").strip()
+    raw = (text or "").strip(_WS)
     cur.pop("implicit", None)
     if raw in _CHANGE_TYPES:
         cur["type"] = raw
@@ -457,6 +460,7 @@ def _read_entries(
     notes = resp.notes
     cur, repl_seen, collblob_text = state
     codes = _FIELD_CODES
+    ws = _WS
     # The hot loop of the whole product (10,000-entry manifests): one C-filtered pass over the
     # tree, a dict lookup per element, no calls on the common path. Response-level statuses are
     # not among the tags: Exchange puts statuses in propstats only (spec §4), which say nothing
@@ -469,16 +473,16 @@ def _read_entries(
         if code == _F_HREF:
             if cur is not None and cur["href"] is None:
                 t = el.text
-                cur["href"] = t.strip() if t else ""
+                cur["href"] = t.strip(ws) if t else ""
         elif code == _F_TAG:
             if cur is not None:
                 t = el.text  # an empty element (a 404 propstat) never overwrites a value
-                if t and (t := t.strip()):
+                if t and (t := t.strip(ws)):
                     cur["tag"] = t
         elif code == _F_UID:
             if cur is not None:
                 t = el.text
-                if t and (t := t.strip()):
+                if t and (t := t.strip(ws)):
                     cur["uid"] = t
         elif code == _F_CHANGETYPE:
             if cur is not None:
@@ -498,7 +502,7 @@ def _read_entries(
                 repl_seen = True
                 _close_entry(cur)  # R:repl is a sibling of the entries, never inside one
                 cur = None
-                if len(el) == 0 and not (el.text or "").strip():
+                if len(el) == 0 and not (el.text or "").strip(ws):
                     resp.no_changes = True
         elif code == _F_COLLBLOB:
             parent = el.getparent()
@@ -508,10 +512,10 @@ def _read_entries(
                     pcode = _learn_field(parent.tag, ns_seen)
                 if pcode == _F_REPL:
                     t = el.text
-                    collblob_text = (t.strip() or None) if t else None
+                    collblob_text = (t.strip(ws) or None) if t else None
         elif code == _F_CONTENTTAG and cur is None:
             t = el.text
-            resp.ctag = (t.strip() or None) if t else None
+            resp.ctag = (t.strip(ws) or None) if t else None
     return cur, repl_seen, collblob_text
 
 
@@ -533,6 +537,7 @@ def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, 
     collblob_text: str | None = None
     rooted: bool | None = None
     codes = _FIELD_CODES
+    ws = _WS
     for el in safexml.iterparse(body, _RESPONSE_ITER_TAGS, max_bytes=max_bytes):
         if rooted is None:
             root = el.getroottree().getroot()
@@ -547,14 +552,14 @@ def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, 
         if code == _F_HREF:
             if cur["href"] is None:
                 t = el.text
-                cur["href"] = t.strip() if t else ""
+                cur["href"] = t.strip(ws) if t else ""
         elif code == _F_TAG:
             t = el.text
-            if t and (t := t.strip()):
+            if t and (t := t.strip(ws)):
                 cur["tag"] = t
         elif code == _F_UID:
             t = el.text
-            if t and (t := t.strip()):
+            if t and (t := t.strip(ws)):
                 cur["uid"] = t
         elif code == _F_CHANGETYPE:
             t = el.text
@@ -574,7 +579,7 @@ def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, 
             parent = el.getparent()
             if parent is not None and parent.getparent() is None:
                 repl_seen = True
-                if len(el) == 0 and not (el.text or "").strip():
+                if len(el) == 0 and not (el.text or "").strip(ws):
                     resp.no_changes = True
         elif code == _F_COLLBLOB:
             parent = el.getparent()
@@ -584,10 +589,10 @@ def _stream_entries(body: bytes, resp: Response, max_bytes: int) -> tuple[bool, 
                     pcode = _learn_field(parent.tag, ns_seen)
                 if pcode == _F_REPL:
                     t = el.text
-                    collblob_text = (t.strip() or None) if t else None
+                    collblob_text = (t.strip(ws) or None) if t else None
         elif code == _F_CONTENTTAG and not _inside_response(el):
             t = el.text
-            resp.ctag = (t.strip() or None) if t else None
+            resp.ctag = (t.strip(ws) or None) if t else None
     return repl_seen, collblob_text, bool(rooted) or rooted is None
 
 

@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 _MAX_DIGITS = 18
 
 
+# HTTP's optional whitespace (RFC 9110 §5.6.3). str.strip() with no argument also takes
+# non-breaking spaces and other Unicode blanks, which would cut them off a token a peer sent.
+OWS = " \t"
+
+
 class HeaderSyntaxError(ValueError):
     """A header value that does not follow its grammar."""
 
@@ -27,9 +32,9 @@ def strip_coded_url(value: str) -> str:
 
     The SDK shows angle brackets, [MS-WDVME]'s ABNF a bare value (spec §13.17): accept both.
     """
-    v = value.strip()
+    v = value.strip(OWS)
     if v.startswith("<") and v.endswith(">"):
-        v = v[1:-1].strip()
+        v = v[1:-1].strip(OWS)
     return v
 
 
@@ -101,7 +106,7 @@ def parse_if(value: str) -> IfHeader:
             end = value.find(">", pos)
             if end < 0:
                 raise HeaderSyntaxError(f"If: unterminated resource tag at offset {pos}")
-            resource = value[pos + 1 : end].strip()
+            resource = value[pos + 1 : end].strip(OWS)
             seen_tagged = True
             pos = end + 1
             continue
@@ -131,12 +136,12 @@ def parse_if(value: str) -> IfHeader:
                 end = value.find(">", pos)
                 if end < 0:
                     raise HeaderSyntaxError(f"If: unterminated state token at offset {pos}")
-                conditions.append(IfCondition("token", value[pos + 1 : end].strip(), negated))
+                conditions.append(IfCondition("token", value[pos + 1 : end].strip(OWS), negated))
             elif ch == "[":
                 end = value.find("]", pos)
                 if end < 0:
                     raise HeaderSyntaxError(f"If: unterminated entity tag at offset {pos}")
-                conditions.append(IfCondition("etag", value[pos + 1 : end].strip(), negated))
+                conditions.append(IfCondition("etag", value[pos + 1 : end].strip(OWS), negated))
             else:
                 raise HeaderSyntaxError(f"If: unexpected {ch!r} at offset {pos} inside a list")
             negated = False
@@ -180,7 +185,7 @@ class RowRange:
 
 
 def _number(text: str, what: str) -> int:
-    t = text.strip()
+    t = text.strip(OWS)
     if not t.isdigit() or not t.isascii():
         raise HeaderSyntaxError(f"{what}: {text!r} is not a number")
     if len(t) > _MAX_DIGITS:
@@ -190,24 +195,24 @@ def _number(text: str, what: str) -> int:
 
 def parse_range_rows(value: str) -> list[RowRange]:
     """``rows=0-99``, ``rows=100-``, ``rows=-0`` and comma-separated lists of them."""
-    unit, sep, spec = value.strip().partition("=")
-    if not sep or unit.strip().lower() != "rows":
+    unit, sep, spec = value.strip(OWS).partition("=")
+    if not sep or unit.strip(OWS).lower() != "rows":
         raise HeaderSyntaxError(f"Range: expected 'rows=...', got {value[:80]!r}")
     out: list[RowRange] = []
     for part in spec.split(","):
-        p = part.strip()
+        p = part.strip(OWS)
         if not p:
             continue
         a, dash, b = p.partition("-")
         if not dash:
             raise HeaderSyntaxError(f"Range: {p[:40]!r} has no '-'")
-        if not a.strip() and not b.strip():
+        if not a.strip(OWS) and not b.strip(OWS):
             raise HeaderSyntaxError("Range: '-' alone is not a range")
-        if not a.strip():
+        if not a.strip(OWS):
             out.append(RowRange(None, _number(b, "Range")))
             continue
         first = _number(a, "Range")
-        last = _number(b, "Range") if b.strip() else None
+        last = _number(b, "Range") if b.strip(OWS) else None
         if last is not None and last < first:
             raise HeaderSyntaxError(f"Range: {p!r} ends before it starts")
         out.append(RowRange(first, last))

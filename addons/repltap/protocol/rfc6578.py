@@ -24,7 +24,7 @@ from lxml import etree
 
 from . import xml as safexml
 from .exchange import status_meaning
-from .headers import HeaderView
+from .headers import OWS, HeaderView
 from .model import Entry, Request, Response, normalise_path
 from .webdav import parse_status_line, read_condition, read_token
 
@@ -40,7 +40,7 @@ def _local(el: etree._Element) -> str:
 def _text(el: etree._Element | None) -> str | None:
     if el is None or el.text is None:
         return None
-    return el.text.strip() or None
+    return el.text.strip(safexml.XML_SPACE) or None
 
 
 def decode_request(
@@ -105,7 +105,7 @@ def decode_response(
     resp = Response(status=status, meaning=_meaning(req, status))
     etag = h.get("etag")
     if etag is not None:
-        resp.tag = etag.strip() or None
+        resp.tag = etag.strip(OWS) or None
     resp.location = h.get("location")
     if not body:
         return resp

@@ -10,8 +10,9 @@ import re
 
 from lxml import etree
 
-from .headers import HeaderSyntaxError, HeaderView, parse_if
+from .headers import OWS, HeaderSyntaxError, HeaderView, parse_if
 from .model import Condition, Request
+from .xml import XML_SPACE
 
 
 def parse_status_line(text: str | None) -> int | None:
@@ -44,7 +45,7 @@ def read_condition(h: HeaderView, malformed: list[str]) -> Condition:
     if raw_if is not None:
         one = _ONE_TOKEN.fullmatch(raw_if)
         if one is not None:
-            token = one[1].strip()
+            token = one[1].strip(OWS)
             low = token.lower()
             if low.startswith("rt:"):
                 tags = (token,)
@@ -94,8 +95,8 @@ def read_token(req: Request, el: etree._Element | None, missing: str) -> None:
     raw = el.text
     if raw is None:
         req.token_form = "empty-element"
-    elif not raw.strip():
+    elif not raw.strip(XML_SPACE):
         req.token_form = "whitespace"
     else:
         req.token_form = "text"
-        req.token = raw.strip()
+        req.token = raw.strip(XML_SPACE)

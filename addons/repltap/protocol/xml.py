@@ -54,6 +54,11 @@ class Undecodable:
         return {"reason": self.reason, "detail": self.detail}
 
 
+# XML's whitespace (XML 1.0 §2.3, S). Element text is trimmed of these only: str.strip() with no
+# argument also takes non-breaking spaces and other Unicode blanks, which are part of a token.
+XML_SPACE = " \t\r\n"
+
+
 def looks_like_xml(data: bytes) -> bool:
     """Cheap sniff: the first non-blank byte opens a tag (BOMs allowed)."""
     head = data[:64].lstrip(b"\xef\xbb\xbf").lstrip()
