@@ -211,3 +211,21 @@ async def test_a_part_that_waits_holds_the_parts_after_it(
         # the parts after a waiting one.
         with pytest.raises(exceptions.AddonManagerError, match="cannot be called from sync"):
             tctx.master.addons.invoke_addon_sync(suite, HttpResponseHook(f))
+
+
+def test_a_part_whose_done_waits_is_refused() -> None:
+    """mitmproxy unloads a script (on a reload) by calling done() without waiting: a part that
+    waited there would never finish, and the parts after it would not be called."""
+
+    class Closer:
+        async def done(self) -> None:
+            pass
+
+    class LateCloser:
+        @may_wait
+        def done(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"Closer\.done, LateCloser\.done: done\(\) must not wait"):
+        Suite(Part("a", []), Closer(), LateCloser())
+    Suite(Part("a", []))  # a plain done() is fine

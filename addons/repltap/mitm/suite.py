@@ -62,6 +62,11 @@ class Suite:
             if not calls or hook in ("load", "configure"):
                 continue
             if hook == "done":
+                # mitmproxy calls done() without waiting when it unloads a script (a reload):
+                # a part that waits there would be cut short, and the parts after it skipped.
+                waiting = [where for where, _, may_wait in calls if may_wait]
+                if waiting:
+                    raise TypeError(f"{', '.join(waiting)}: done() must not wait")
                 self._parts_done = _dispatch(calls)  # done() frees the names after them
             else:
                 # An instance attribute is a hook to mitmproxy as a method is: it looks hooks
