@@ -253,7 +253,8 @@ CATALOGUE: dict[str, Anomaly] = {
             "identity-changed",
             "warning",
             "server",
-            "The same href now carries a different repl-uid, with no delete in between.",
+            "The same href now carries a different repl-uid, and its item was neither reported "
+            "deleted nor seen at another href (renamed) in between.",
             "A resource keeps its repl-uid; a new object at an old URL must first be reported "
             "deleted, or clients will merge two different items.",
             "exchange §1, §9.1",
@@ -1010,6 +1011,13 @@ class Tracker:
         run = TagRun(ts, flow, protocol, upstream, status)  # new resources' tag events
         rows = run.rows
         normalise = normalise_path
+        # A rename or a move within the collection is a delete of the repl-uid and a change of it
+        # at its new href, in either order (spec §8.6). So: the uids this manifest lists at an
+        # href they were not at, for a delete of one of them to close the old href and not the
+        # new one; and the entries whose href has a new repl-uid, seen last, once every move here
+        # is known (an item made at the old name of one that moved is no identity change).
+        listed: dict[str, str] = {}
+        new_identity: list[tuple[str, str | None, str]] = []
         for e in entries:
             uid = e.get("uid")
             href = e.get("href")
@@ -1023,12 +1031,19 @@ class Tracker:
                         detail=f"a delete entry ({f'href {href!r}' if href else 'no href'}) "
                         "has no repl-uid",
                     )
-                path = items.pop(uid, None) if uid else None
-                if path is None and href:
-                    path = normalise(href)
+                if uid is not None and uid in listed:
+                    # the old href of a rename listed already: closed when the new one was
+                    # seen, or named here
+                    path = normalise(href) if href else None
+                    if path == listed[uid]:
+                        continue
+                else:
+                    path = items.pop(uid, None) if uid else None
+                    if path is None and href:
+                        path = normalise(href)
                 gone = self._record(upstream, known, path) if path is not None else None
-                if gone is None:
-                    continue  # never seen on the wire: there is no history to close
+                if gone is None or (uid is not None and gone.uid not in (None, uid)):
+                    continue  # never seen on the wire (or since taken by another item)
                 self._gone(gone, "manifest", status, emit, uid)
                 continue
             if acknowledged and tag is not None and tag in acknowledged:
@@ -1042,6 +1057,12 @@ class Tracker:
             if not href:
                 continue
             path = normalise(href)
+            if uid is not None:
+                was = items.get(uid)
+                if was != path:  # new to the collection, or renamed
+                    if was is not None:
+                        self._moved_away(upstream, known, was, uid, status, emit)
+                    listed[uid] = path
             items[uid or path] = path
             r = known.get(path)
             if r is None:
@@ -1056,11 +1077,34 @@ class Tracker:
             elif isinstance(r, Resource):
                 if tag == r.tag and (uid is None or uid == r.uid) and not r.deleted:
                     continue  # unchanged: what _see would find, without the call
+                if uid is not None and r.uid not in (None, uid) and not r.deleted:
+                    new_identity.append((path, tag, uid))
+                    continue
                 self._see(r, tag, uid, "manifest", status, emit)
             elif not (tag == r[1] and (uid is None or uid == r[0])):  # a Sighting, changed
+                if uid is not None and r[0] not in (None, uid):
+                    new_identity.append((path, tag, uid))
+                    continue
                 self._see(
                     self._upgrade(upstream, known, path, r), tag, uid, "manifest", status, emit
                 )
+        for path, tag, uid in new_identity:
+            self._see(self._resource(upstream, path), tag, uid, "manifest", status, emit)
+
+    def _moved_away(
+        self,
+        upstream: str,
+        known: dict[str, Resource | Sighting],
+        path: str,
+        uid: str,
+        status: int,
+        emit: Callable[..., dict[str, Any]],
+    ) -> None:
+        """The item ``uid`` listed at another href than ``path``: renamed or moved, so the
+        history at ``path`` closes, unless another item has taken that href since."""
+        r = self._record(upstream, known, path)
+        if r is not None and r.uid == uid:
+            self._gone(r, "manifest", status, emit, uid)
 
     # ---------------------------------------------------------------- resources
 
