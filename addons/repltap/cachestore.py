@@ -259,6 +259,14 @@ def parent_of(path: str) -> str:
     return p[: i + 1] if i >= 0 else "/"
 
 
+def _listed_and_deleted(entries: list[dict[str, Any]]) -> set[str]:
+    """The repl-uids a manifest both deletes and lists at an href: renames (spec §8.6)."""
+    deleted = {e["uid"] for e in entries if e["type"] == "delete" and e.get("uid")}
+    if not deleted:
+        return set()
+    return {e["uid"] for e in entries if e["type"] != "delete" and e.get("uid") in deleted}
+
+
 def _complete_listing(s: Mapping[str, Any]) -> bool:
     """An initial sync answered in full: every member of the collection, nothing left out."""
     req, resp = s["request"], s["response"]
@@ -524,6 +532,16 @@ class CacheStore:
                     (*where, *chunk),
                 ).fetchall()
             )
+        # A rename within the collection is a delete of the repl-uid and a change of it at its
+        # new href, in either order (spec §8.6). With the change first, the delete must not
+        # remove the item from its new href: for the uids this manifest both lists and deletes
+        # (rare), where each was before it.
+        renamed = _listed_and_deleted(entries) if not rfc else set()
+        before: dict[str, str | None] = {}
+        for k in renamed:
+            row = db.execute(f"SELECT href FROM items WHERE {_IN} AND key = ?", (*where, k))
+            before[k] = (row.fetchone() or (None,))[0]
+        listed_at: dict[str, str | None] = {}
         gone: list[tuple[str, str | None]] = []  # (key, href) of a run of deletes
         rows: list[tuple[Any, ...]] = []  # upsert rows of a run of changes
 
@@ -550,6 +568,8 @@ class CacheStore:
             if key is None:
                 continue  # neither href nor uid: nothing to name the item by
             if e["type"] == "delete":
+                if key in listed_at and listed_at[key] != before.get(key):
+                    continue  # the old href of a rename listed at its new one already
                 if rows:
                     flush()
                 gone.append((key, href))
@@ -569,6 +589,8 @@ class CacheStore:
                     )
                 holder[href] = key
             listed.add(key)
+            if key in renamed:
+                listed_at[key] = href
             props_json = "{}"
             if len(e) > 4 or e.get("props"):  # more than type, href, tag, uid
                 props = dict(e.get("props") or {})  # filled once the decoder reads properties

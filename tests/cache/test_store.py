@@ -253,6 +253,26 @@ def test_a_complete_initial_listing_replaces_the_replica(store: CacheStore) -> N
     assert set(items(store)) == {"rid:a"}
 
 
+@pytest.mark.parametrize("change_first", [False, True])
+@pytest.mark.parametrize("delete_href", [False, True])
+def test_replica_follows_a_rename_in_either_order(
+    store: CacheStore, change_first: bool, delete_href: bool
+) -> None:
+    """Spec §8.6: a rename is a delete of the repl-uid and a change of it at its new href."""
+    a, b = INBOX + "a.EML", INBOX + "b.EML"
+    store.record_manifest(manifest(INBOX, None, "T1", [("new", a, "rt:1", "rid:x")]), None)
+    delete = ("delete", a if delete_href else None, None, "rid:x")
+    change = ("change", b, "rt:1", "rid:x")
+    entries = [change, delete] if change_first else [delete, change]
+    store.record_manifest(manifest(INBOX, "T1", "T2", entries), None)
+    assert items(store) == {"rid:x": (b, "rt:1")}
+    # listed where it was and deleted after: the delete, the later word, wins (as the tracker)
+    store.record_manifest(
+        manifest(INBOX, "T2", "T3", [("change", b, "rt:2", "rid:x"), delete]), None
+    )
+    assert items(store) == {}
+
+
 def test_replica_follows_rfc6578_by_href(store: CacheStore) -> None:
     x, y = CAL + "x.ics", CAL + "y.ics"
     store.record_manifest(sync(CAL, None, "t1", [(x, '"x1"'), (y, '"y1"')]), None)
