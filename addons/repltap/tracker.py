@@ -1017,6 +1017,9 @@ class Tracker:
         # new one; and the entries whose href has a new repl-uid, seen last, once every move here
         # is known (an item made at the old name of one that moved is no identity change).
         listed: dict[str, str] = {}
+        # kept only when the answer has deletes (its counts; an initial sync has none): about a
+        # sixth of the tracking of a new resource otherwise
+        deletes = (s["response"].get("changes") or {}).get("delete", 1) > 0
         new_identity: list[tuple[str, str | None, str]] = []
         for e in entries:
             uid = e.get("uid")
@@ -1062,7 +1065,8 @@ class Tracker:
                 if was != path:  # new to the collection, or renamed
                     if was is not None:
                         self._moved_away(upstream, known, was, uid, status, emit)
-                    listed[uid] = path
+                    if deletes:
+                        listed[uid] = path
             items[uid or path] = path
             r = known.get(path)
             if r is None:
