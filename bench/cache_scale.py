@@ -50,7 +50,7 @@ def _fill(store: CacheStore, n: int) -> None:
 
 
 def _per_lookup(store: CacheStore, n: int, probes: int, hit: bool, seed: int = 0) -> float:
-    rnd = random.Random(n * 1000 + seed)  # other answers each round: none warmed by the last
+    rnd = random.Random(n * 1000 + seed)  # other answers each round (the large store's)
     ids = [rnd.randrange(n) for _ in range(probes)]
     times = []
     for i in ids:

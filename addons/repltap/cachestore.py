@@ -31,7 +31,8 @@ from typing import Any, TypeGuard
 from .protocol.model import normalise_path
 
 SCHEMA_VERSION = 1
-IDENTITY_VERSION = 1
+# 2: tokens trimmed of XML whitespace only, %2F kept in collection paths (28 November 2026)
+IDENTITY_VERSION = 2
 MODES = ("observe", "serve", "offline")
 
 # Headers that describe one connection or one transfer, not the answer: never stored or replayed.
@@ -257,14 +258,6 @@ def parent_of(path: str) -> str:
     p = path[:-1] if path.endswith("/") else path
     i = p.rfind("/")
     return p[: i + 1] if i >= 0 else "/"
-
-
-def _listed_and_deleted(entries: list[dict[str, Any]]) -> set[str]:
-    """The repl-uids a manifest both deletes and lists at an href: renames (spec §8.6)."""
-    deleted = {e["uid"] for e in entries if e["type"] == "delete" and e.get("uid")}
-    if not deleted:
-        return set()
-    return {e["uid"] for e in entries if e["type"] != "delete" and e.get("uid") in deleted}
 
 
 def _complete_listing(s: Mapping[str, Any]) -> bool:
@@ -533,15 +526,31 @@ class CacheStore:
                 ).fetchall()
             )
         # A rename within the collection is a delete of the repl-uid and a change of it at its
-        # new href, in either order (spec §8.6). With the change first, the delete must not
-        # remove the item from its new href: for the uids this manifest both lists and deletes
-        # (rare), where each was before it.
-        renamed = _listed_and_deleted(entries) if not rfc else set()
-        before: dict[str, str | None] = {}
-        for k in renamed:
-            row = db.execute(f"SELECT href FROM items WHERE {_IN} AND key = ?", (*where, k))
-            before[k] = (row.fetchone() or (None,))[0]
-        listed_at: dict[str, str | None] = {}
+        # new href, in either order (spec §8.6), and the same manifest reaches every client that
+        # syncs the collection. A delete is the old side of a rename, and leaves the item where
+        # it is, when this manifest lists the item, or when it names an href other than the
+        # item's, or an href another item holds (read as the tracker reads it). The uids listed
+        # (when there are deletes), and the items' hrefs for the deletes that name one:
+        listing: set[str] = set()
+        if not rfc and (resp.get("changes") or {}).get("delete", 1) > 0:
+            listing = {u for e in entries if e["type"] != "delete" and (u := e.get("uid"))}
+        named = sorted(
+            {
+                k
+                for e, h in zip(entries, paths, strict=True)
+                if not rfc and e["type"] == "delete" and h and (k := e.get("uid"))
+            }
+        )
+        at: dict[str, str] = {}
+        for i in range(0, len(named), 500):
+            chunk = named[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            at.update(
+                db.execute(
+                    f"SELECT key, href FROM items WHERE {_IN} AND key IN ({marks})",
+                    (*where, *chunk),
+                ).fetchall()
+            )
         gone: list[tuple[str, str | None]] = []  # (key, href) of a run of deletes
         rows: list[tuple[Any, ...]] = []  # upsert rows of a run of changes
 
@@ -568,8 +577,12 @@ class CacheStore:
             if key is None:
                 continue  # neither href nor uid: nothing to name the item by
             if e["type"] == "delete":
-                if key in listed_at and listed_at[key] != before.get(key):
-                    continue  # the old href of a rename listed at its new one already
+                if not rfc and (
+                    key in listing
+                    or at.get(key) not in (None, href)
+                    or holder.get(href or "") not in (None, key)
+                ):
+                    continue  # the old side of a rename (the item lives on), or another's href
                 if rows:
                     flush()
                 gone.append((key, href))
@@ -589,8 +602,6 @@ class CacheStore:
                     )
                 holder[href] = key
             listed.add(key)
-            if key in renamed:
-                listed_at[key] = href
             props_json = "{}"
             if len(e) > 4 or e.get("props"):  # more than type, href, tag, uid
                 props = dict(e.get("props") or {})  # filled once the decoder reads properties

@@ -1012,14 +1012,21 @@ class Tracker:
         rows = run.rows
         normalise = normalise_path
         # A rename or a move within the collection is a delete of the repl-uid and a change of it
-        # at its new href, in either order (spec §8.6). So: the uids this manifest lists at an
-        # href they were not at, for a delete of one of them to close the old href and not the
-        # new one; and the entries whose href has a new repl-uid, seen last, once every move here
-        # is known (an item made at the old name of one that moved is no identity change).
-        listed: dict[str, str] = {}
-        # kept only when the answer has deletes (its counts; an initial sync has none): about a
-        # sixth of the tracking of a new resource otherwise
-        deletes = (s["response"].get("changes") or {}).get("delete", 1) > 0
+        # at its new href, in either order (spec §8.6); the same manifest reaches every client
+        # that syncs the collection, and a paged one comes in pieces. So a delete is read as the
+        # old side of a rename when this manifest lists the item at an href, or when it names
+        # an href other than the one the item is known at: it closes that href only, never the
+        # item's current one (a delete with no href, on a later page than the change, still
+        # closes the current one: nothing tells them apart). An entry whose href shows a new
+        # repl-uid is weighed after the others, once every move in the manifest is known (an
+        # item made at the old name of one that moved is no identity change); its events come
+        # last. RFC 6578 has no repl-uids (the decoder's uid is the href): nothing moves there.
+        renames = protocol != "rfc6578"
+        # the uids the manifest lists, in one pass before, when it has deletes (its counts: an
+        # initial sync has none)
+        listed: set[str] = set()
+        if renames and (s["response"].get("changes") or {}).get("delete", 1) > 0:
+            listed = {u for e in entries if e["type"] != "delete" and (u := e.get("uid"))}
         new_identity: list[tuple[str, str | None, str]] = []
         for e in entries:
             uid = e.get("uid")
@@ -1034,16 +1041,17 @@ class Tracker:
                         detail=f"a delete entry ({f'href {href!r}' if href else 'no href'}) "
                         "has no repl-uid",
                     )
-                if uid is not None and uid in listed:
-                    # the old href of a rename listed already: closed when the new one was
-                    # seen, or named here
-                    path = normalise(href) if href else None
-                    if path == listed[uid]:
-                        continue
+                named = normalise(href) if href else None
+                current = items.get(uid) if uid is not None else None
+                elsewhere = renames and named is not None and current not in (None, named)
+                if uid is not None and (uid in listed or elsewhere):
+                    if named is None or named == current:
+                        continue  # the item lives on where it is listed (closed there if moved)
+                    path: str | None = named
                 else:
-                    path = items.pop(uid, None) if uid else None
-                    if path is None and href:
-                        path = normalise(href)
+                    path = items.pop(uid, None) if uid is not None else None
+                    if path is None:
+                        path = named
                 gone = self._record(upstream, known, path) if path is not None else None
                 if gone is None or (uid is not None and gone.uid not in (None, uid)):
                     continue  # never seen on the wire (or since taken by another item)
@@ -1062,11 +1070,8 @@ class Tracker:
             path = normalise(href)
             if uid is not None:
                 was = items.get(uid)
-                if was != path:  # new to the collection, or renamed
-                    if was is not None:
-                        self._moved_away(upstream, known, was, uid, status, emit)
-                    if deletes:
-                        listed[uid] = path
+                if renames and was is not None and was != path:  # renamed, or moved here
+                    self._moved_away(upstream, known, was, uid, status, emit)
             items[uid or path] = path
             r = known.get(path)
             if r is None:

@@ -241,6 +241,37 @@ async def test_refresh_after_another_addon_changed_the_answer() -> None:
     assert f.comment.count("manifest /c/") == 1
 
 
+async def test_the_worker_threshold_counts_a_compressed_answer_unzipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gzip answer under the threshold on the wire can be ten times over it decoded: what
+    holds the event loop is the decoded size."""
+    import threading
+
+    from repltap.mitm import decode as decode_mod
+
+    f = flow("SEARCH", "/exchange/alice/Inbox/", INITIAL, {}, 207, MANIFEST)
+    assert f.response is not None
+    f.response.headers["Content-Type"] = "text/xml"
+    f.response.encode("gzip")
+    assert f.response.raw_content is not None and len(f.response.raw_content) < len(MANIFEST)
+    monkeypatch.setattr(decode_mod, "THREAD_ABOVE", len(f.response.raw_content))
+    decode_response = decode_mod.protocol.decode_response
+    seen: list[str] = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(threading.current_thread().name)
+        return decode_response(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode_mod.protocol, "decode_response", spy)
+    d = Decode()
+    with taddons.context(d) as tctx:
+        await tctx.cycle(d, f)
+        assert len(seen) == 1 and seen[0].startswith("repltap-decode")
+        assert f.metadata["repl"]["response"]["changes"] == {"new": 1, "change": 0, "delete": 1}
+        d.done()
+
+
 async def test_large_answers_are_decoded_on_a_worker_thread_while_the_proxy_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

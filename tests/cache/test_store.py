@@ -266,11 +266,16 @@ def test_replica_follows_a_rename_in_either_order(
     entries = [change, delete] if change_first else [delete, change]
     store.record_manifest(manifest(INBOX, "T1", "T2", entries), None)
     assert items(store) == {"rid:x": (b, "rt:1")}
-    # listed where it was and deleted after: the delete, the later word, wins (as the tracker)
-    store.record_manifest(
-        manifest(INBOX, "T2", "T3", [("change", b, "rt:2", "rid:x"), delete]), None
-    )
-    assert items(store) == {}
+    # the same manifest again (another client of the collection, a retry): nothing moves
+    store.record_manifest(manifest(INBOX, "T1", "T2", entries), None)
+    assert items(store) == {"rid:x": (b, "rt:1")}
+    # a delete naming another item's href removes neither
+    store.record_manifest(manifest(INBOX, "T2", "T3", [("new", a, "rt:9", "rid:z")]), None)
+    store.record_manifest(manifest(INBOX, "T3", "T4", [("delete", a, None, "rid:x")]), None)
+    assert items(store) == {"rid:x": (b, "rt:1"), "rid:z": (a, "rt:9")}
+    # and one without an href, of an item the manifest does not list, deletes it
+    store.record_manifest(manifest(INBOX, "T4", "T5", [("delete", None, None, "rid:x")]), None)
+    assert items(store) == {"rid:z": (a, "rt:9")}
 
 
 def test_replica_follows_rfc6578_by_href(store: CacheStore) -> None:

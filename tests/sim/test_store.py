@@ -262,7 +262,7 @@ def test_norm_path(raw: str, expected: str) -> None:
     assert norm_path(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["a/b", "/a/../b", "/a/./b", "/a%00b"])
+@pytest.mark.parametrize("raw", ["a/b", "/a/../b", "/a/./b", "/a%00b", "/a%2Fb", "/a%2fb"])
 def test_norm_path_refuses(raw: str) -> None:
     with pytest.raises(DavError) as e:
         norm_path(raw)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from repltap.tracker import Tracker
+from repltap.tracker import Resource, Tracker
 
 from .build import manifest
 
@@ -40,6 +40,12 @@ def tags(events: list[dict[str, Any]], flow: str) -> list[tuple[str, str | None,
         for e in events
         if e["event"] == "tag" and e["flow"] == flow
     ]
+
+
+def state(t: Tracker, path: str) -> tuple[str | None, str | None, bool]:
+    """(uid, tag, deleted) of a resource's record (a record or a first sighting)."""
+    r = t.resources["mail.example.com:80"][path]
+    return (r.uid, r.tag, r.deleted) if isinstance(r, Resource) else (r[0], r[1], False)
 
 
 RENAME_ORDERS = {
@@ -85,11 +91,7 @@ def test_two_items_swap_names() -> None:
         tracker=t,
     )
     assert anomalies(events) == []
-    known = t.resources["mail.example.com:80"]
-    assert {p: (r.uid, r.tag, r.deleted) for p, r in known.items()} == {
-        A: ("rid:y", "rt:2", False),
-        B: ("rid:x", "rt:1", False),
-    }
+    assert (state(t, A), state(t, B)) == (("rid:y", "rt:2", False), ("rid:x", "rt:1", False))
 
 
 def test_an_href_that_changes_identity_with_no_move_is_still_flagged() -> None:
@@ -97,9 +99,34 @@ def test_an_href_that_changes_identity_with_no_move_is_still_flagged() -> None:
     assert anomalies(events) == ["identity-changed"]
 
 
-def test_a_delete_of_an_item_listed_where_it_was_still_deletes_it() -> None:
+def test_an_item_a_manifest_lists_and_deletes_lives_on_where_it_is_listed() -> None:
+    """An item cannot be both: the delete is the old side of a rename whose old href the delete
+    does not name."""
     events = run(
         [("new", A, "rt:1", "rid:x")],
         [("change", A, "rt:2", "rid:x"), ("delete", None, None, "rid:x")],
     )
-    assert tags(events, "f1") == [(A, "rid:x", "rt:2"), (A, "rid:x", None)]
+    assert tags(events, "f1") == [(A, "rid:x", "rt:2")]
+
+
+@pytest.mark.parametrize("order", RENAME_ORDERS)
+def test_a_rename_seen_again_by_another_client_changes_nothing(order: str) -> None:
+    """The same manifest reaches every client of the collection (and a client may retry)."""
+    t = Tracker()
+    first = manifest(INBOX, None, "T1", [("new", A, "rt:1", "rid:x")])
+    t.observe(first, flow="f0", ts=0.0, client="c1")
+    t.observe(first, flow="g0", ts=0.0, client="c2")
+    rename = RENAME_ORDERS[order]
+    t.observe(manifest(INBOX, "T1", "T2", rename), flow="f1", ts=1.0, client="c1")
+    again = t.observe(manifest(INBOX, "T1", "T2", rename), flow="g1", ts=2.0, client="c2")
+    assert [e for e in again if e["event"] in ("tag", "anomaly")] == []
+    assert state(t, B) == ("rid:x", "rt:1", False)
+    assert state(t, A) == ("rid:x", None, True)
+
+
+def test_a_delete_that_names_another_items_href_closes_nothing() -> None:
+    events = run(
+        [("new", A, "rt:1", "rid:x"), ("new", B, "rt:2", "rid:y")],
+        [("delete", B, None, "rid:x")],  # x is at A; B is y's
+    )
+    assert tags(events, "f1") == []

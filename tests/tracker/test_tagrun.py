@@ -109,7 +109,12 @@ def test_another_event_between_new_resources_splits_the_run_in_order() -> None:
 def test_known_resources_and_deletes_stay_events_of_their_own() -> None:
     t = Tracker()
     t.observe(
-        manifest(INBOX, None, "T1", [("new", INBOX + "a.EML", "rt:1", "rid:a")]),
+        manifest(
+            INBOX,
+            None,
+            "T1",
+            [("new", INBOX + "a.EML", "rt:1", "rid:a"), ("new", INBOX + "b.EML", "rt:b", "rid:b")],
+        ),
         flow="1",
         ts=1.0,
         client="c",
@@ -121,7 +126,7 @@ def test_known_resources_and_deletes_stay_events_of_their_own() -> None:
         [
             ("change", INBOX + "a.EML", "rt:2", "rid:a"),
             ("new", INBOX + "n.EML", "rt:n", "rid:n"),
-            ("delete", None, None, "rid:a"),
+            ("delete", None, None, "rid:b"),
         ],
     )
     compact = t.observe_compact(s, flow="2", ts=2.0, client="c")

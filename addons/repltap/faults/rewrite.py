@@ -73,7 +73,11 @@ class Manifest:
     def _is_507_marker(self, el: etree._Element) -> bool:
         href = el.findtext(_D + "href")
         status = exchange.parse_status_line(el.findtext(_D + "status"))
-        return status == 507 and href is not None and normalise_path(href.strip()) == self.target
+        return (
+            status == 507
+            and href is not None
+            and normalise_path(href.strip(safexml.XML_SPACE)) == self.target
+        )
 
     def entry_type(self, el: etree._Element) -> str:
         """new / change / delete, read as the decoder reads it."""
@@ -81,7 +85,7 @@ class Manifest:
             status = exchange.parse_status_line(el.findtext(_D + "status"))
             return "delete" if status == 404 else "change"
         ct = self._changetype(el)
-        text = (ct.text or "").strip().lower() if ct is not None else ""
+        text = (ct.text or "").strip(safexml.XML_SPACE).lower() if ct is not None else ""
         return text if text in ("new", "change", "delete") else "change"
 
     def _changetype(self, el: etree._Element) -> etree._Element | None:
@@ -99,7 +103,7 @@ class Manifest:
     @property
     def token(self) -> str | None:
         el = self.token_element()
-        return (el.text or "").strip() or None if el is not None else None
+        return (el.text or "").strip(safexml.XML_SPACE) or None if el is not None else None
 
     def repl_ns(self) -> str:
         """The repl namespace as this server spells it."""
@@ -115,7 +119,7 @@ class Manifest:
         el = self.token_element()
         if el is None:
             raise RewriteError("the answer carries no token")
-        old = (el.text or "").strip() or None
+        old = (el.text or "").strip(safexml.XML_SPACE) or None
         el.text = value or None
         return old
 

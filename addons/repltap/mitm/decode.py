@@ -239,18 +239,19 @@ class Decode:
         req = self._request_of(flow)
         if req is None or flow.response is None:
             return None
-        raw = flow.response.raw_content
-        if raw is None or len(raw) <= THREAD_ABOVE:
-            self._answer(flow, req)  # at once: no coroutine to make and await for most flows
+        call = _ResponseCall(flow, req, self.max_bytes, self.hints)
+        if call.body is None or len(call.body) <= THREAD_ABOVE:  # decoded: gzip counts unzipped
+            self._finish(flow, req, call.finish(call.run()))  # no coroutine for most flows
             return None
         # A very large answer is decoded on the worker thread, so that the proxy goes on with
         # other flows meanwhile (lxml parses without the GIL; the rest takes turns with the
         # event loop). This flow's later addons (tracking, the log) wait for it, as mitmproxy
         # runs one flow's hooks in order.
-        return self._answer_on_thread(flow, req)
+        return self._answer_on_thread(flow, req, call)
 
-    async def _answer_on_thread(self, flow: http.HTTPFlow, req: Request) -> None:
-        call = _ResponseCall(flow, req, self.max_bytes, self.hints)
+    async def _answer_on_thread(
+        self, flow: http.HTTPFlow, req: Request, call: _ResponseCall
+    ) -> None:
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repltap-decode")
         resp = await asyncio.get_running_loop().run_in_executor(self.pool, call.run)

@@ -64,7 +64,7 @@ class Suite:
             if hook == "done":
                 # mitmproxy calls done() without waiting when it unloads a script (a reload):
                 # a part that waits there would be cut short, and the parts after it skipped.
-                waiting = [where for where, _, may_wait in calls if may_wait]
+                waiting = [where for where, _, waits in calls if waits]
                 if waiting:
                     raise TypeError(f"{', '.join(waiting)}: done() must not wait")
                 self._parts_done = _dispatch(calls)  # done() frees the names after them

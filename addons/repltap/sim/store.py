@@ -82,8 +82,13 @@ class RangeNotSatisfiable(DavError):
 
 def norm_path(path: str) -> str:
     """A request path as the store keys it: percent-decoded, one slash between segments, no dot
-    segments; a trailing slash is kept because it names a collection. Raises DavError(400)."""
-    p = unquote(path.split("?", 1)[0].split("#", 1)[0], errors="strict")
+    segments; a trailing slash is kept because it names a collection. Raises DavError(400),
+    also for an escaped slash (%2F), which would make one segment two (web servers refuse it by
+    default; repltap's tracker keeps ``/a%2Fb`` and ``/a/b`` apart)."""
+    raw = path.split("?", 1)[0].split("#", 1)[0]
+    if "%2f" in raw.lower():
+        raise DavError(400, f"the path {path[:80]!r} holds an escaped slash (%2F)")
+    p = unquote(raw, errors="strict")
     if not p.startswith("/"):
         raise DavError(400, f"the path {path[:80]!r} does not start with '/'")
     if "\x00" in p:
