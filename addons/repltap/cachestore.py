@@ -260,6 +260,24 @@ def parent_of(path: str) -> str:
     return p[: i + 1] if i >= 0 else "/"
 
 
+def _pairs(
+    db: sqlite3.Connection, columns: str, by: str, where: tuple[str, str], values: set[str]
+) -> dict[str, str]:
+    """``columns`` (two) of a collection's items whose ``by`` is one of ``values``, as a dict;
+    in chunks of 500, under SQLite's limit on parameters."""
+    wanted = sorted(values)
+    found: dict[str, str] = {}
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            db.execute(
+                f"SELECT {columns} FROM items WHERE {_IN} AND {by} IN ({marks})", (*where, *chunk)
+            ).fetchall()
+        )
+    return found
+
+
 def _complete_listing(s: Mapping[str, Any]) -> bool:
     """An initial sync answered in full: every member of the collection, nothing left out."""
     req, resp = s["request"], s["response"]
@@ -514,17 +532,7 @@ class CacheStore:
         # identity at an old href) are rare, so they are found here rather than by one DELETE
         # per entry. Entries are applied in order, in runs of deletes and runs of changes, each
         # run with executemany: one statement per entry made a 10,000-entry manifest ~3x slower.
-        wanted = sorted({p for p in paths if p is not None})
-        holder: dict[str, str] = {}
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            holder.update(
-                db.execute(
-                    f"SELECT href, key FROM items WHERE {_IN} AND href IN ({marks})",
-                    (*where, *chunk),
-                ).fetchall()
-            )
+        holder = _pairs(db, "href, key", "href", where, {p for p in paths if p is not None})
         # A rename within the collection is a delete of the repl-uid and a change of it at its
         # new href, in either order (spec §8.6), and the same manifest reaches every client that
         # syncs the collection. A delete is the old side of a rename, and leaves the item where
@@ -534,23 +542,12 @@ class CacheStore:
         listing: set[str] = set()
         if not rfc and (resp.get("changes") or {}).get("delete", 1) > 0:
             listing = {u for e in entries if e["type"] != "delete" and (u := e.get("uid"))}
-        named = sorted(
-            {
-                k
-                for e, h in zip(entries, paths, strict=True)
-                if not rfc and e["type"] == "delete" and h and (k := e.get("uid"))
-            }
-        )
-        at: dict[str, str] = {}
-        for i in range(0, len(named), 500):
-            chunk = named[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            at.update(
-                db.execute(
-                    f"SELECT key, href FROM items WHERE {_IN} AND key IN ({marks})",
-                    (*where, *chunk),
-                ).fetchall()
-            )
+        named = {
+            k
+            for e, h in zip(entries, paths, strict=True)
+            if not rfc and e["type"] == "delete" and h and (k := e.get("uid"))
+        }
+        at = _pairs(db, "key, href", "key", where, named)
         gone: list[tuple[str, str | None]] = []  # (key, href) of a run of deletes
         rows: list[tuple[Any, ...]] = []  # upsert rows of a run of changes
 
