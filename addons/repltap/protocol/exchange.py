@@ -240,15 +240,6 @@ def _note_ns(ns: str, found: list[str]) -> None:
         found.append(ns)
 
 
-def _text(el: etree._Element) -> str | None:
-    """The element's text with surrounding whitespace removed; None when there is none."""
-    t = el.text
-    if t is None:
-        return None
-    t = t.strip(_WS)
-    return t or None
-
-
 # --------------------------------------------------------------------------------------------
 # SQL (only what replication needs: the SELECT list, the scope, and the query a collblob is
 # bound to, spec §8.2 and §13.8)
@@ -358,7 +349,7 @@ def _decode_manifest_request(req: Request, body: bytes, max_bytes: int) -> None:
         if local == "collblob" and collblob is None:
             collblob = el
         elif local == "resourcetag" and el.getparent() is not repl:
-            tag = _text(el)
+            tag = safexml.text(el)
             if tag is not None:
                 req.acknowledged.append(tag)
     read_token(req, collblob, "R:repl carries no R:collblob: read as an initial sync (spec §13.6)")

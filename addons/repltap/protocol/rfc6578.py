@@ -37,12 +37,6 @@ def _local(el: etree._Element) -> str:
     return tag if isinstance(tag, str) else ""
 
 
-def _text(el: etree._Element | None) -> str | None:
-    if el is None or el.text is None:
-        return None
-    return el.text.strip(safexml.XML_SPACE) or None
-
-
 def decode_request(
     method: str,
     target: str,
@@ -78,12 +72,12 @@ def decode_request(
         if tag == DAV + "sync-token":
             token_el = child
         elif tag == DAV + "sync-level":
-            req.sync_level = _text(child)
+            req.sync_level = safexml.text(child)
         elif tag == DAV + "prop":
             req.props = [p.tag for p in child if isinstance(p.tag, str)]
         elif tag == DAV + "limit":
             n = child.find(DAV + "nresults")
-            t = _text(n)
+            t = safexml.text(n)
             if t is not None and t.isascii() and t.isdigit() and len(t) <= 18:
                 req.limit = int(t)
             else:
@@ -164,13 +158,13 @@ def _read_multistatus(req: Request, resp: Response, root: etree._Element) -> Non
     for child in root:
         tag = _local(child)
         if tag == DAV + "sync-token":
-            resp.token = _text(child)
+            resp.token = safexml.text(child)
             resp.manifest = resp.manifest or req.manifest
             continue
         if tag != DAV + "response":
             continue
-        href = _text(child.find(DAV + "href"))
-        status = parse_status_line(_text(child.find(DAV + "status")))
+        href = safexml.text(child.find(DAV + "href"))
+        status = parse_status_line(safexml.text(child.find(DAV + "status")))
         if status == 507 and href is not None and normalise_path(href) == target:
             resp.truncated = True  # RFC 6578 §3.6: more changes than the limit allowed
             continue
@@ -183,18 +177,18 @@ def _read_multistatus(req: Request, resp: Response, root: etree._Element) -> Non
             if status == 404:
                 entry["type"] = "delete"
         for ps in child.iterfind(DAV + "propstat"):
-            ps_status = parse_status_line(_text(ps.find(DAV + "status")))
+            ps_status = parse_status_line(safexml.text(ps.find(DAV + "status")))
             if ps_status is not None and not 200 <= ps_status < 300:
                 continue
             prop = ps.find(DAV + "prop")
             if prop is None:
                 continue
-            t = _text(prop.find(DAV + "getetag"))
+            t = safexml.text(prop.find(DAV + "getetag"))
             if t is not None:
                 entry["tag"] = t
             if not req.manifest:
-                ctag = _text(prop.find(CS_GETCTAG))
-                token = _text(prop.find(DAV + "sync-token"))
+                ctag = safexml.text(prop.find(CS_GETCTAG))
+                token = safexml.text(prop.find(DAV + "sync-token"))
                 if ctag is not None and resp.ctag is None:
                     resp.ctag = ctag
                 if token is not None and resp.token is None:

@@ -59,6 +59,13 @@ class Undecodable:
 XML_SPACE = " \t\r\n"
 
 
+def text(el: etree._Element | None) -> str | None:
+    """An element's text trimmed of XML whitespace; None for no element or no text."""
+    if el is None or el.text is None:
+        return None
+    return el.text.strip(XML_SPACE) or None
+
+
 def looks_like_xml(data: bytes) -> bool:
     """Cheap sniff: the first non-blank byte opens a tag (BOMs allowed)."""
     head = data[:64].lstrip(b"\xef\xbb\xbf").lstrip()
