@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .protocol.model import normalise_path
+from .protocol.model import listed_beside_deletes, normalise_path
 
 SCHEMA_VERSION = 1
 # 2: tokens trimmed of XML whitespace only, %2F kept in collection paths (28 November 2026)
@@ -539,9 +539,7 @@ class CacheStore:
         # it is, when this manifest lists the item, or when it names an href other than the
         # item's, or an href another item holds (read as the tracker reads it). The uids listed
         # (when there are deletes), and the items' hrefs for the deletes that name one:
-        listing: set[str] = set()
-        if not rfc and (resp.get("changes") or {}).get("delete", 1) > 0:
-            listing = {u for e in entries if e["type"] != "delete" and (u := e.get("uid"))}
+        listing = set() if rfc else listed_beside_deletes(entries, resp.get("changes"))
         named = {
             k
             for e, h in zip(entries, paths, strict=True)

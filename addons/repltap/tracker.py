@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any
 
-from .protocol.model import normalise_path
+from .protocol.model import listed_beside_deletes, normalise_path
 
 EVENT_VERSION = 1
 
@@ -1022,11 +1022,7 @@ class Tracker:
         # item made at the old name of one that moved is no identity change); its events come
         # last. RFC 6578 has no repl-uids (the decoder's uid is the href): nothing moves there.
         renames = protocol != "rfc6578"
-        # the uids the manifest lists, in one pass before, when it has deletes (its counts: an
-        # initial sync has none)
-        listed: set[str] = set()
-        if renames and (s["response"].get("changes") or {}).get("delete", 1) > 0:
-            listed = {u for e in entries if e["type"] != "delete" and (u := e.get("uid"))}
+        listed = listed_beside_deletes(entries, s["response"].get("changes")) if renames else set()
         new_identity: list[tuple[str, str | None, str]] = []
         for e in entries:
             uid = e.get("uid")

@@ -11,6 +11,7 @@ which has no stable id) the href.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Required, TypedDict
 from urllib.parse import quote, unquote
@@ -206,6 +207,15 @@ def entry(
 ) -> Entry:
     """A new entry."""
     return {"type": type, "href": href, "tag": tag, "uid": uid}
+
+
+def listed_beside_deletes(entries: Iterable[Mapping[str, Any]], changes: Any) -> set[str]:
+    """The repl-uids a manifest lists at an href, when it also has deletes (``changes``, its
+    counts; missing, it may have): a delete of one of them is the old side of a rename, in
+    either order (spec §8.6). Empty, at no cost, for a manifest with no deletes."""
+    if not (changes or {}).get("delete", 1):
+        return set()
+    return {u for e in entries if e["type"] != "delete" and (u := e.get("uid"))}
 
 
 @dataclass(slots=True)
