@@ -103,7 +103,7 @@ class Manifest:
     @property
     def token(self) -> str | None:
         el = self.token_element()
-        return (el.text or "").strip(safexml.XML_SPACE) or None if el is not None else None
+        return safexml.text(el)
 
     def repl_ns(self) -> str:
         """The repl namespace as this server spells it."""
@@ -119,7 +119,7 @@ class Manifest:
         el = self.token_element()
         if el is None:
             raise RewriteError("the answer carries no token")
-        old = (el.text or "").strip(safexml.XML_SPACE) or None
+        old = safexml.text(el)
         el.text = value or None
         return old
 
